@@ -1,0 +1,250 @@
+"""Stack and pipeline configuration: ports, topics, sizes and paths.
+
+One typed object, loaded from include/stack/local.yaml, overridable per key
+by environment variables (WB_<SECTION>_<KEY>) or by the caller. Every process
+of the stack (broker, Spark, Ray, streaming job, inference driver, API) reads
+its settings from here, so a port or topic name is defined exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = REPO_ROOT / "include" / "stack" / "local.yaml"
+ENV_PREFIX = "WB_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+@dataclass
+class KafkaConfig:
+    bootstrap_port: int = 19092
+    controller_port: int = 19093
+    heap_mb: int = 512
+    partitions: int = 4
+    retention_hours: int = 24
+    raw_topic: str = "weather-raw"
+    features_topic: str = "weather-features"
+    predictions_topic: str = "weather-predictions"
+    deadletter_topic: str = "weather-deadletter"
+    progress_topic: str = "weather-spark-progress"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.bootstrap_port}"
+
+    @property
+    def pipeline_topics(self) -> list[str]:
+        return [
+            self.raw_topic,
+            self.features_topic,
+            self.predictions_topic,
+            self.deadletter_topic,
+            self.progress_topic,
+        ]
+
+
+@dataclass
+class SparkConfig:
+    master_port: int = 7177
+    master_ui_port: int = 8090
+    worker_ui_port_base: int = 8091
+    workers: int = 2
+    worker_cores: int = 1
+    worker_memory_mb: int = 1024
+    daemon_heap_mb: int = 256
+    executor_memory_mb: int = 512
+    driver_memory_mb: int = 768
+    driver_ui_port: int = 4050
+    shuffle_partitions: int = 4
+    window: str = "5 minutes"
+    watermark: str = "1 minute"
+    trigger: str = "10 seconds"
+    max_offsets_per_trigger: int = 100000
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://127.0.0.1:{self.master_port}"
+
+
+@dataclass
+class RayConfig:
+    gcs_port: int = 6390
+    dashboard_port: int = 8265
+    include_dashboard: bool = True
+    workers: int = 2
+    worker_cpus: int = 1
+    head_object_store_mb: int = 200
+    worker_object_store_mb: int = 100
+    health_check_period_ms: int = 1000
+    health_check_failure_threshold: int = 5
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+
+@dataclass
+class InferenceConfig:
+    consumer_group: str = "weather-inference"
+    batch_size: int = 500
+    call_timeout_s: float = 60.0
+
+
+@dataclass
+class ApiConfig:
+    port: int = 8088
+    consumer_group: str = "weather-api"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class ModelConfig:
+    dir: str = "models"
+
+
+@dataclass
+class StackConfig:
+    state_dir: Path = field(default_factory=lambda: REPO_ROOT / ".state")
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.state_dir / self.model.dir
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["state_dir"] = str(self.state_dir)
+        return data
+
+    def ports(self) -> dict[str, int]:
+        """Every fixed TCP port the stack binds, by owner (for busy-port checks)."""
+        ports = {
+            "kafka broker": self.kafka.bootstrap_port,
+            "kafka controller": self.kafka.controller_port,
+            "spark master": self.spark.master_port,
+            "spark master ui": self.spark.master_ui_port,
+            "ray gcs": self.ray.gcs_port,
+            "serving api": self.api.port,
+        }
+        if self.ray.include_dashboard:
+            ports["ray dashboard"] = self.ray.dashboard_port
+        return ports
+
+
+_SECTIONS = {
+    "kafka": KafkaConfig,
+    "spark": SparkConfig,
+    "ray": RayConfig,
+    "inference": InferenceConfig,
+    "api": ApiConfig,
+    "model": ModelConfig,
+}
+
+
+def _coerce(value: Any, target: Any, name: str) -> Any:
+    """Convert a YAML or environment value to the field's declared type."""
+    try:
+        if target in (int, "int"):
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if target in (float, "float"):
+            return float(value)
+        if target in (bool, "bool"):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {target}, got {value!r}") from None
+
+
+def _apply(section_obj: Any, values: dict[str, Any], section: str) -> None:
+    known = {f.name: f for f in fields(section_obj)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{section}.{key}: unknown setting (known: {', '.join(sorted(known))})")
+        setattr(section_obj, key, _coerce(value, known[key].type, f"{section}.{key}"))
+
+
+def load_config(
+    path: Path | str | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    environ: dict[str, str] | None = None,
+) -> StackConfig:
+    """Build the stack configuration: file, then environment, then overrides."""
+    config = StackConfig()
+    source = Path(path) if path else DEFAULT_CONFIG_FILE
+    raw: dict[str, Any] = {}
+    if source.exists():
+        raw = yaml.safe_load(source.read_text()) or {}
+    elif path:
+        raise ConfigError(f"configuration file not found: {source}")
+
+    env = os.environ if environ is None else environ
+    layered: dict[str, dict[str, Any]] = {name: dict(raw.get(name) or {}) for name in _SECTIONS}
+    state_dir: Any = raw.get("state_dir")
+    for key, value in env.items():
+        match = re.fullmatch(rf"{ENV_PREFIX}([A-Z]+)_([A-Z0-9_]+)", key)
+        if key == f"{ENV_PREFIX}STATE_DIR":
+            state_dir = value
+        elif match and match.group(1).lower() in _SECTIONS:
+            layered[match.group(1).lower()][match.group(2).lower()] = value
+    for section, values in (overrides or {}).items():
+        if section == "state_dir":
+            state_dir = values
+            continue
+        if section not in _SECTIONS:
+            raise ConfigError(f"{section}: unknown configuration section")
+        layered[section].update(values)
+
+    unknown = set(raw) - set(_SECTIONS) - {"state_dir"}
+    if unknown:
+        raise ConfigError(f"unknown configuration section(s): {', '.join(sorted(unknown))}")
+    for section, values in layered.items():
+        _apply(getattr(config, section), values, section)
+    if state_dir:
+        state = Path(state_dir)
+        config.state_dir = state if state.is_absolute() else (REPO_ROOT / state)
+    validate_config(config)
+    return config
+
+
+def validate_config(config: StackConfig) -> None:
+    """Reject values that cannot work before anything is started."""
+    if config.spark.workers < 0 or config.ray.workers < 0:
+        raise ConfigError("spark.workers and ray.workers must be >= 0")
+    if config.kafka.partitions < 1:
+        raise ConfigError("kafka.partitions must be >= 1")
+    ports = config.ports()
+    seen: dict[int, str] = {}
+    for owner, port in ports.items():
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"{owner} port {port} is out of range")
+        if port in seen:
+            raise ConfigError(f"{owner} and {seen[port]} both use port {port}")
+        seen[port] = owner
