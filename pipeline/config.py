@@ -81,6 +81,9 @@ class SparkConfig:
 class RayConfig:
     gcs_port: int = 6390
     dashboard_port: int = 8265
+    client_server_port: int = 6391
+    worker_port_min: int = 21000
+    worker_port_max: int = 22999
     include_dashboard: bool = True
     workers: int = 2
     worker_cpus: int = 1
@@ -99,6 +102,7 @@ class InferenceConfig:
     consumer_group: str = "weather-inference"
     batch_size: int = 500
     call_timeout_s: float = 60.0
+    metrics_port: int = 9102
 
 
 @dataclass
@@ -130,6 +134,22 @@ class StackConfig:
     def model_dir(self) -> Path:
         return self.state_dir / self.model.dir
 
+    @property
+    def jars_dir(self) -> Path:
+        """JVM dependencies fetched by `make setup`; shared by every state dir."""
+        return Path(os.environ.get("WB_JARS_DIR", REPO_ROOT / ".state" / "jars"))
+
+    @property
+    def stack_file(self) -> Path:
+        """The resolved configuration written by `up`, read by every service process."""
+        return self.state_dir / "stack.yaml"
+
+    def dump(self, path: Path | None = None) -> Path:
+        target = path or self.stack_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return target
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["state_dir"] = str(self.state_dir)
@@ -143,7 +163,9 @@ class StackConfig:
             "spark master": self.spark.master_port,
             "spark master ui": self.spark.master_ui_port,
             "ray gcs": self.ray.gcs_port,
+            "ray client server": self.ray.client_server_port,
             "serving api": self.api.port,
+            "inference metrics": self.inference.metrics_port,
         }
         if self.ray.include_dashboard:
             ports["ray dashboard"] = self.ray.dashboard_port
@@ -248,3 +270,28 @@ def validate_config(config: StackConfig) -> None:
         if port in seen:
             raise ConfigError(f"{owner} and {seen[port]} both use port {port}")
         seen[port] = owner
+
+
+_UNITS_MS = {
+    "ms": 1,
+    "millisecond": 1,
+    "s": 1000,
+    "sec": 1000,
+    "second": 1000,
+    "m": 60_000,
+    "min": 60_000,
+    "minute": 60_000,
+    "h": 3_600_000,
+    "hour": 3_600_000,
+}
+
+
+def duration_ms(text: str) -> int:
+    """Milliseconds of a Spark-style interval such as "5 minutes", "10 seconds" or "500 ms"."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if unit not in _UNITS_MS and unit.endswith("s"):
+        unit = unit[:-1]  # plural: "minutes", "seconds"
+    if not match or unit not in _UNITS_MS:
+        raise ConfigError(f"cannot read duration {text!r}; use e.g. '5 minutes', '10 seconds', '500 ms'")
+    return int(float(match.group(1)) * _UNITS_MS[unit])

@@ -1,0 +1,62 @@
+# Entry points. The README's two commands are `make run` and `make test`;
+# both do every set-up step first (idempotent, skipped when already done).
+
+PYTHON_BOOT ?= python3.11
+VENV        := .venv
+PY          := $(VENV)/bin/python
+JARS        := .state/jars
+STAMP_PY    := $(VENV)/.installed
+STAMP_JARS  := $(JARS)/.fetched
+
+.PHONY: setup run test unit integration lint format clean down
+
+setup: system-deps $(STAMP_PY) $(STAMP_JARS)
+
+# Java 17+ and Maven come with the machine image; install them from Debian if absent.
+system-deps:
+	@command -v java >/dev/null && command -v mvn >/dev/null || { \
+	  echo "installing Java 17 and Maven from Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven; }
+
+$(STAMP_PY): requirements.txt constraints.txt
+	@command -v $(PYTHON_BOOT) >/dev/null || { echo "error: $(PYTHON_BOOT) not found (Python 3.11 is required)"; exit 1; }
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pipeline.versions
+	touch $@
+
+# JVM dependencies from Maven Central: the Kafka broker and tools, and Spark's Kafka
+# connector (only the jars pyspark does not already ship).
+$(STAMP_JARS): include/jvm/kafka/pom.xml include/jvm/spark-kafka/pom.xml
+	mvn -q -B -f include/jvm/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(JARS)/kafka
+	mvn -q -B -f include/jvm/spark-kafka/pom.xml dependency:copy-dependencies \
+	  -DoutputDirectory=$(CURDIR)/$(JARS)/spark-kafka \
+	  -DincludeArtifactIds=spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2
+	touch $@
+
+run: setup
+	$(PY) -m pipeline demo
+
+test: setup
+	$(PY) -m pytest tests
+
+unit: setup
+	$(PY) -m pytest tests/unit
+
+integration: setup
+	$(PY) -m pytest tests/integration
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+down:
+	$(PY) -m pipeline down
+
+clean: down
+	rm -rf .state/pids .state/logs .state/kafka .state/spark .state/checkpoints .state/api

@@ -1,0 +1,161 @@
+"""Kafka topic management for the pipeline: create, grow, describe, delete.
+
+Topics where the broker's append time is a measured stamp use
+LogAppendTime, so a record's timestamp says when Kafka got it, not when
+the client claims it sent it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+from pipeline.config import KafkaConfig
+
+APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+
+
+class TopicError(RuntimeError):
+    """A topic could not be created, grown or described."""
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    name: str
+    partitions: int
+    replication_factor: int
+
+
+def admin_client(bootstrap_servers: str, timeout_s: float = 10.0) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap_servers, "socket.timeout.ms": int(timeout_s * 1000)})
+
+
+def describe_topics(admin: AdminClient, timeout_s: float = 10.0) -> dict[str, TopicInfo]:
+    metadata = admin.list_topics(timeout=timeout_s)
+    return {
+        name: TopicInfo(
+            name=name,
+            partitions=len(topic.partitions),
+            replication_factor=len(next(iter(topic.partitions.values())).replicas) if topic.partitions else 0,
+        )
+        for name, topic in metadata.topics.items()
+        if not name.startswith("__")
+    }
+
+
+def ensure_topic(
+    admin: AdminClient,
+    name: str,
+    partitions: int,
+    replication_factor: int = 1,
+    config: dict[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> TopicInfo:
+    """Create the topic, or grow it to `partitions` if it has fewer; never shrinks."""
+    existing = describe_topics(admin).get(name)
+    if existing is None:
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, config=config or {})],
+            operation_timeout=timeout_s,
+        )
+        try:
+            futures[name].result(timeout=timeout_s)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise TopicError(f"cannot create topic {name}: {exc}") from None
+    elif existing.partitions < partitions:
+        set_partitions(admin, name, partitions, timeout_s)
+    # Metadata reaches the broker's cache shortly after the controller commits it.
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = describe_topics(admin).get(name)
+        if info is not None and info.partitions >= partitions:
+            return info
+        time.sleep(0.2)
+    raise TopicError(f"topic {name} was created but is not visible with {partitions} partitions after {timeout_s}s")
+
+
+def set_partitions(admin: AdminClient, name: str, partitions: int, timeout_s: float = 30.0) -> None:
+    """Grow a topic to `partitions`. Kafka cannot shrink a topic: asking for fewer is an error."""
+    current = describe_topics(admin).get(name)
+    if current is None:
+        raise TopicError(f"topic {name} does not exist")
+    if partitions < current.partitions:
+        raise TopicError(
+            f"topic {name} has {current.partitions} partitions; Kafka cannot reduce it to {partitions} "
+            "(delete and recreate the topic instead)"
+        )
+    if partitions == current.partitions:
+        return
+    futures = admin.create_partitions([NewPartitions(name, partitions)], operation_timeout=timeout_s)
+    try:
+        futures[name].result(timeout=timeout_s)
+    except KafkaException as exc:
+        raise TopicError(f"cannot grow topic {name} to {partitions} partitions: {exc}") from None
+
+
+def delete_topics(admin: AdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    present = set(describe_topics(admin))
+    doomed = [n for n in names if n in present]
+    if not doomed:
+        return
+    for name, future in admin.delete_topics(doomed, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            if "UNKNOWN_TOPIC" not in str(exc):
+                raise TopicError(f"cannot delete topic {name}: {exc}") from None
+
+
+def ensure_pipeline_topics(kafka: KafkaConfig, admin: AdminClient | None = None) -> dict[str, TopicInfo]:
+    """Create the pipeline's topics with the configured partition count and append-time stamps."""
+    admin = admin or admin_client(kafka.bootstrap_servers)
+    retention = {"retention.ms": str(kafka.retention_hours * 3_600_000)}
+    return {
+        name: ensure_topic(admin, name, kafka.partitions, config={**APPEND_TIME, **retention})
+        for name in kafka.pipeline_topics
+    }
+
+
+def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> list[tuple[int, int, bytes | None, bytes | None]]:
+    """Every record currently in a topic as (partition, broker timestamp ms, key, value), read to the end."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"wb-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise TopicError(f"topic {topic} does not exist")
+        remaining: dict[int, int] = {}
+        assignment = []
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+            if high > low:
+                remaining[partition] = high
+                assignment.append(TopicPartition(topic, partition, low))
+        consumer.assign(assignment)
+        records = []
+        deadline = time.monotonic() + timeout_s
+        while remaining and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+                if msg.error():
+                    continue
+                records.append((msg.partition(), msg.timestamp()[1], msg.key(), msg.value()))
+                if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
+                    remaining.pop(msg.partition(), None)
+        if remaining:
+            raise TopicError(f"timed out reading {topic}; partitions not read to the end: {sorted(remaining)}")
+        return records
+    finally:
+        consumer.close()

@@ -1,0 +1,651 @@
+"""Local ("embedded") stack backend: every component as a supervised process on this machine.
+
+Owns how each component is launched here: the KRaft broker from Maven jars,
+Spark standalone daemons from the pyspark wheel, Ray nodes from the ray
+wheel, and the pipeline's own services (streaming job, inference driver,
+serving API). All files live under the state dir:
+
+    <state>/pids/<instance>.json   pid, session, start time (see process.py)
+    <state>/logs/<instance>.log    stdout+stderr of each process
+    <state>/kafka/                 server.properties and log dirs
+    <state>/spark/                 worker and scratch dirs
+    <state>/checkpoints/           streaming checkpoints
+    <state>/api/                   the serving API's database
+    <state>/models/                versioned model files
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+from pipeline.config import REPO_ROOT, StackConfig
+from pipeline.stack.base import (
+    API,
+    COMPONENTS,
+    INFERENCE,
+    KAFKA,
+    RAY_HEAD,
+    RAY_WORKER,
+    SCALABLE,
+    SPARK_MASTER,
+    SPARK_WORKER,
+    STREAMING_JOB,
+    InstanceStatus,
+    PortBusyError,
+    Stack,
+    StackError,
+    StackStatus,
+    check_component,
+)
+from pipeline.stack.process import (
+    ManagedProcess,
+    ProcessError,
+    port_in_use,
+    port_owner,
+    stop_all,
+    wait_until,
+)
+
+log = logging.getLogger(__name__)
+KAFKA_LOG4J = REPO_ROOT / "include" / "kafka" / "log4j2.properties"
+VENV_BIN = Path(sys.executable).parent
+# Stop order for `down`: consumers before producers of their input, compute before Kafka.
+DOWN_ORDER = (API, INFERENCE, STREAMING_JOB, "spark-batch", RAY_WORKER, RAY_HEAD, SPARK_WORKER, SPARK_MASTER, KAFKA)
+
+
+def _http_json(url: str, timeout: float = 2.0) -> object:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def java_major_version() -> int:
+    java = shutil.which("java")
+    if not java:
+        raise StackError("Java not found on PATH: the Kafka broker and Spark need Java 17 or newer")
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not match:
+        raise StackError(f"cannot read the Java version from: {out.strip()[:200]}")
+    major = int(match.group(1))
+    return int(match.group(2)) if major == 1 and match.group(2) else major
+
+
+class LocalStack(Stack):
+    backend = "local"
+
+    def __init__(self, config: StackConfig) -> None:
+        super().__init__(config)
+        self.state = config.state_dir
+        self.pid_dir = self.state / "pids"
+        self.log_dir = self.state / "logs"
+        self.startup_seconds: dict[str, float] = {}  # per step of the last up(), for reports
+
+    # ------------------------------------------------------------------ helpers
+    def _proc(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
+        return ManagedProcess(name, argv, pid_dir=self.pid_dir, log_dir=self.log_dir, env=env, cwd=REPO_ROOT)
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env["WB_STATE_DIR"] = str(self.state)
+        # Loopback cluster: one explicit auth mode for head, workers and drivers
+        # (a stray ~/.ray/auth_token would otherwise switch token auth on for some).
+        env["RAY_AUTH_MODE"] = "disabled"
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env["SPARK_LOCAL_IP"] = "127.0.0.1"
+        return env
+
+    def _instances(self, component: str) -> list[int]:
+        """Indexes of instances of a scalable component that have a pid file and are alive."""
+        found = []
+        for path in self.pid_dir.glob(f"{component}-*.json"):
+            match = re.fullmatch(rf"{component}-(\d+)", path.stem)
+            if match and self._scalable_proc(component, int(match.group(1))).is_running():
+                found.append(int(match.group(1)))
+        return sorted(found)
+
+    def _scalable_proc(self, component: str, index: int) -> ManagedProcess:
+        return self._spark_worker(index) if component == SPARK_WORKER else self._ray_worker(index)
+
+    def _check_ports(self, owners: dict[str, int]) -> None:
+        for owner, port in owners.items():
+            if port_in_use(port):
+                raise PortBusyError(
+                    f"port {port} needed by the {owner} is already in use by {port_owner(port)}; "
+                    f"stop that process or set another port (see include/stack/local.yaml, WB_* variables)"
+                )
+
+    # ------------------------------------------------------------------ Kafka
+    def _kafka_dir(self) -> Path:
+        return self.state / "kafka"
+
+    def _kafka_jars(self) -> str:
+        jars = self.config.jars_dir / "kafka"
+        if not any(jars.glob("kafka_2.13-*.jar")):
+            raise StackError(f"Kafka broker jars not found in {jars}: run `make setup` (Maven fetches them)")
+        return f"{jars}/*"
+
+    def _kafka_properties(self) -> Path:
+        k = self.config.kafka
+        data = self._kafka_dir() / "data"
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"127.0.0.1:{k.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{k.bootstrap_port},CONTROLLER://127.0.0.1:{k.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{k.bootstrap_port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(data),
+            "num.partitions": str(k.partitions),
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "log.retention.hours": str(k.retention_hours),
+        }
+        path = self._kafka_dir() / "server.properties"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{key}={value}\n" for key, value in props.items()))
+        return path
+
+    def _java(self, heap_mb: int, main: str, *args: str) -> list[str]:
+        return [
+            "java",
+            f"-Xms{heap_mb}m",
+            f"-Xmx{heap_mb}m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
+            f"-Dkafka.logs.dir={self.log_dir}",
+            "-cp",
+            self._kafka_jars(),
+            main,
+            *args,
+        ]
+
+    def _kafka(self) -> ManagedProcess:
+        props = self._kafka_dir() / "server.properties"
+        return self._proc(
+            KAFKA, self._java(self.config.kafka.heap_mb, "kafka.Kafka", str(props)), self._base_env()
+        )
+
+    def _start_kafka(self) -> None:
+        proc = self._kafka()
+        if proc.is_running():
+            return
+        k = self.config.kafka
+        self._check_ports({"kafka broker": k.bootstrap_port, "kafka controller": k.controller_port})
+        props = self._kafka_properties()
+        if not (self._kafka_dir() / "data" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            fmt = subprocess.run(
+                self._java(256, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if fmt.returncode != 0:
+                raise StackError(f"formatting Kafka storage failed: {fmt.stdout[-800:]} {fmt.stderr[-800:]}")
+        proc.start()
+        from pipeline.kafka_topics import admin_client, describe_topics
+
+        # Probe the port first: a client pointed at a closed port logs every reconnect attempt.
+        proc.wait_healthy(lambda: port_in_use(k.bootstrap_port), 90, "the Kafka broker to listen")
+        admin = admin_client(k.bootstrap_servers, timeout_s=3)
+        proc.wait_healthy(lambda: describe_topics(admin, timeout_s=3) is not None, 60, "the Kafka broker")
+
+    def ensure_topics(self) -> None:
+        from pipeline.kafka_topics import ensure_pipeline_topics
+
+        ensure_pipeline_topics(self.config.kafka)
+
+    # ------------------------------------------------------------------ Spark
+    def _spark_env(self) -> dict[str, str]:
+        env = self._base_env()
+        env["SPARK_DAEMON_MEMORY"] = f"{self.config.spark.daemon_heap_mb}m"
+        env["SPARK_LOG_DIR"] = str(self.log_dir)
+        env["SPARK_NO_DAEMONIZE"] = "1"
+        env["PYSPARK_PYTHON"] = sys.executable
+        return env
+
+    def _spark_master(self) -> ManagedProcess:
+        s = self.config.spark
+        argv = [
+            str(VENV_BIN / "spark-class"),
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(s.master_port),
+            "--webui-port",
+            str(s.master_ui_port),
+        ]
+        return self._proc(SPARK_MASTER, argv, self._spark_env())
+
+    def _spark_worker(self, index: int) -> ManagedProcess:
+        s = self.config.spark
+        work_dir = self.state / "spark" / f"worker-{index}"
+        argv = [
+            str(VENV_BIN / "spark-class"),
+            "org.apache.spark.deploy.worker.Worker",
+            s.master_url,
+            "--host",
+            "127.0.0.1",
+            "--cores",
+            str(s.worker_cores),
+            "--memory",
+            f"{s.worker_memory_mb}m",
+            "--webui-port",
+            str(s.worker_ui_port_base + index - 1),
+            "--work-dir",
+            str(work_dir),
+        ]
+        return self._proc(f"{SPARK_WORKER}-{index}", argv, self._spark_env())
+
+    def spark_master_state(self) -> dict:
+        return _http_json(f"http://127.0.0.1:{self.config.spark.master_ui_port}/json/")  # type: ignore[return-value]
+
+    def _alive_spark_worker_ports(self) -> set[int]:
+        state = self.spark_master_state()
+        return {
+            int(w["webuiaddress"].rsplit(":", 1)[1])
+            for w in state.get("workers", [])
+            if w.get("state") == "ALIVE"
+        }
+
+    def _start_spark_master(self) -> None:
+        proc = self._spark_master()
+        if proc.is_running():
+            return
+        s = self.config.spark
+        self._check_ports({"spark master": s.master_port, "spark master ui": s.master_ui_port})
+        proc.start()
+        proc.wait_healthy(lambda: self.spark_master_state().get("status") == "ALIVE", 90, "the Spark master")
+
+    def _start_spark_worker(self, index: int) -> None:
+        proc = self._spark_worker(index)
+        if proc.is_running():
+            return
+        ui_port = self.config.spark.worker_ui_port_base + index - 1
+        self._check_ports({f"spark worker {index} ui": ui_port})
+        (self.state / "spark" / f"worker-{index}").mkdir(parents=True, exist_ok=True)
+        proc.start()
+        proc.wait_healthy(
+            lambda: ui_port in self._alive_spark_worker_ports(), 90, f"Spark worker {index} to register"
+        )
+
+    # ------------------------------------------------------------------ Ray
+    def ray_temp_dir(self) -> Path:
+        # Ray puts Unix sockets under its temp dir; socket paths must stay short
+        # (108 bytes), so this lives in /tmp rather than under a deep clone path.
+        return Path("/tmp") / f"wb-ray-{self.config.ray.gcs_port}"
+
+    def _ray_env(self) -> dict[str, str]:
+        env = self._base_env()
+        r = self.config.ray
+        env["RAY_health_check_period_ms"] = str(r.health_check_period_ms)
+        env["RAY_health_check_failure_threshold"] = str(r.health_check_failure_threshold)
+        return env
+
+    def _ray_head(self) -> ManagedProcess:
+        r = self.config.ray
+        argv = [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            "--node-ip-address=127.0.0.1",
+            f"--port={r.gcs_port}",
+            "--num-cpus=0",  # no actors on the head: workers are what we scale
+            f"--min-worker-port={r.worker_port_min}",
+            f"--max-worker-port={r.worker_port_max}",
+            f"--object-store-memory={r.head_object_store_mb * 1_000_000}",
+            f"--include-dashboard={'true' if r.include_dashboard else 'false'}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={r.dashboard_port}",
+            f"--ray-client-server-port={r.client_server_port}",
+            f"--temp-dir={self.ray_temp_dir()}",
+        ]
+        return self._proc(RAY_HEAD, argv, self._ray_env())
+
+    def _ray_worker(self, index: int) -> ManagedProcess:
+        r = self.config.ray
+        argv = [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--block",
+            "--disable-usage-stats",
+            f"--address={r.address}",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={r.worker_cpus}",
+            f"--min-worker-port={r.worker_port_min}",
+            f"--max-worker-port={r.worker_port_max}",
+            f"--object-store-memory={r.worker_object_store_mb * 1_000_000}",
+            f"--resources={json.dumps({f'wb_ray_worker_{index}': 1})}",
+        ]
+        return self._proc(f"{RAY_WORKER}-{index}", argv, self._ray_env())
+
+    def ray_nodes(self) -> list[dict]:
+        """Alive Ray nodes as seen by the GCS: node id, head flag, resources."""
+        from ray._raylet import GcsClient  # GCS query without starting a driver (ray.init takes ~8 s)
+
+        client = GcsClient(address=self.config.ray.address)
+        nodes = []
+        for node_id, info in client.get_all_node_info(timeout=5).items():
+            if info.state != 0:  # 0 = ALIVE
+                continue
+            nodes.append(
+                {
+                    "node_id": node_id.hex(),
+                    "is_head": info.is_head_node,
+                    "resources": dict(info.resources_total),
+                }
+            )
+        return nodes
+
+    def _ray_worker_alive(self, index: int) -> bool:
+        return any(f"wb_ray_worker_{index}" in n["resources"] for n in self.ray_nodes())
+
+    def _start_ray_head(self) -> None:
+        proc = self._ray_head()
+        if proc.is_running():
+            return
+        r = self.config.ray
+        ports = {"ray gcs": r.gcs_port, "ray dashboard": r.dashboard_port, "ray client server": r.client_server_port}
+        self._check_ports(ports)
+        shutil.rmtree(self.ray_temp_dir(), ignore_errors=True)
+        proc.start()
+        # Probe the port first: a GCS client pointed at a closed port blocks for its own timeouts.
+        proc.wait_healthy(lambda: port_in_use(r.gcs_port), 120, "the Ray GCS to listen")
+        proc.wait_healthy(lambda: any(n["is_head"] for n in self.ray_nodes()), 60, "the Ray head node")
+
+    def _start_ray_worker(self, index: int, attempts: int = 2) -> None:
+        proc = self._ray_worker(index)
+        if proc.is_running():
+            return
+        for attempt in range(1, attempts + 1):
+            proc.start()
+            try:
+                proc.wait_healthy(lambda: self._ray_worker_alive(index), 120, f"Ray worker node {index} to join")
+                return
+            except ProcessError:
+                # `ray start` gives up after 30 s of registration on a busy machine; one more try.
+                proc.stop()
+                if attempt == attempts:
+                    raise
+                log.warning("Ray worker node %d failed to start (attempt %d); retrying", index, attempt)
+
+    # ------------------------------------------------------------------ pipeline services
+    def _streaming_job(self) -> ManagedProcess:
+        from pipeline.spark_submit import spark_env, spark_submit_argv
+
+        argv = spark_submit_argv(
+            self.config,
+            REPO_ROOT / "pipeline" / "streaming" / "job.py",
+            app_name="weather-streaming",
+            ui_port=self.config.spark.driver_ui_port,
+            extra_args=["--config", str(self.config.stack_file)],
+        )
+        return self._proc(STREAMING_JOB, argv, {**self._base_env(), **spark_env(self.config)})
+
+    def _inference(self) -> ManagedProcess:
+        argv = [
+            sys.executable,
+            "-m",
+            "pipeline.inference.driver",
+            "--config",
+            str(self.config.stack_file),
+            "--metrics-port",
+            str(self.config.inference.metrics_port),
+        ]
+        return self._proc(INFERENCE, argv, self._ray_env())
+
+    def _api(self) -> ManagedProcess:
+        argv = [sys.executable, "-m", "pipeline.api", "--config", str(self.config.stack_file)]
+        return self._proc(API, argv, self._base_env())
+
+    def _progress_file(self) -> Path:
+        return self.log_dir / "spark-progress.jsonl"
+
+    def _streaming_ready(self, since: float) -> bool:
+        """Both streaming queries have reported progress since `since` (epoch seconds)."""
+        path = self._progress_file()
+        if not path.exists() or path.stat().st_mtime < since:
+            return False
+        names = set()
+        for line in path.read_text().splitlines()[-50:]:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("received_at_ms", event.get("timestamp_ms", 0)) / 1000 >= since - 1:
+                names.add(event.get("name"))
+        return len(names - {None}) >= 2
+
+    def _start_streaming_job(self) -> None:
+        proc = self._streaming_job()
+        if proc.is_running():
+            return
+        self._check_ports({"spark streaming driver ui": self.config.spark.driver_ui_port})
+        started = time.time()
+        proc.start()
+        proc.wait_healthy(lambda: self._streaming_ready(started), 240, "the Spark streaming job's first batches")
+
+    def _start_inference(self) -> None:
+        proc = self._inference()
+        if proc.is_running():
+            return
+        from pipeline.model import current_version
+
+        if current_version(self.config.model_dir) is None:
+            from pipeline.jobs import run_training
+
+            run_training(self.config)
+        self._check_ports({"inference metrics": self.config.inference.metrics_port})
+        proc.start()
+        proc.wait_healthy(lambda: port_in_use(self.config.inference.metrics_port), 120, "the inference driver")
+
+    def _start_api(self) -> None:
+        proc = self._api()
+        if proc.is_running():
+            return
+        self._check_ports({"serving api": self.config.api.port})
+        proc.start()
+        proc.wait_healthy(
+            lambda: _http_json(f"{self.config.api.url}/health", timeout=2) is not None, 60, "the serving API"
+        )
+
+    # ------------------------------------------------------------------ Stack API
+    def up(self, components: tuple[str, ...] = COMPONENTS) -> None:
+        for component in components:
+            check_component(component)
+        if {KAFKA, SPARK_MASTER, SPARK_WORKER, STREAMING_JOB} & set(components) and java_major_version() < 17:
+            raise StackError("Java 17 or newer is required (Kafka 4 and Spark 4)")
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.config.dump()
+        # Kafka, Spark and Ray do not depend on each other: their chains start in
+        # parallel (JVM and Ray start-up is mostly waiting). Services need all three.
+        chains: list[list[tuple[str, Callable[[], None]]]] = []
+        if KAFKA in components:
+            chains.append([(KAFKA, self._start_kafka), ("topics", self.ensure_topics)])
+        spark: list[tuple[str, Callable[[], None]]] = []
+        if SPARK_MASTER in components:
+            spark.append((SPARK_MASTER, self._start_spark_master))
+        if SPARK_WORKER in components:
+            spark.append((SPARK_WORKER, partial(self._start_many, SPARK_WORKER, self.config.spark.workers)))
+        ray: list[tuple[str, Callable[[], None]]] = []
+        if RAY_HEAD in components:
+            ray.append((RAY_HEAD, self._start_ray_head))
+        if RAY_WORKER in components:
+            ray.append((RAY_WORKER, partial(self._start_many, RAY_WORKER, self.config.ray.workers)))
+        chains += [chain for chain in (spark, ray) if chain]
+        with ThreadPoolExecutor(max_workers=max(1, len(chains))) as pool:
+            for future in [pool.submit(self._run_steps, chain) for chain in chains]:
+                future.result()
+        starters = {STREAMING_JOB: self._start_streaming_job, INFERENCE: self._start_inference, API: self._start_api}
+        self._run_steps([(name, starters[name]) for name in (STREAMING_JOB, INFERENCE, API) if name in components])
+
+    def _run_steps(self, steps: list[tuple[str, Callable[[], None]]]) -> None:
+        for name, start in steps:
+            began = time.monotonic()
+            try:
+                start()
+            except ProcessError as exc:
+                raise StackError(str(exc)) from None
+            self.startup_seconds[name] = round(time.monotonic() - began, 2)
+            log.info("%s ready in %.1f s", name, self.startup_seconds[name])
+
+    def _start_many(self, component: str, count: int) -> None:
+        """Start instances 1..count of a scalable component.
+
+        Spark workers start together. Ray nodes start one at a time: each spawns
+        several agents, and `ray start` gives a node a fixed 30 s to register,
+        which parallel starts on two cores can exceed.
+        """
+        if component == RAY_WORKER:
+            for index in range(1, count + 1):
+                self._start_ray_worker(index)
+            return
+        with ThreadPoolExecutor(max_workers=max(1, count)) as pool:
+            for future in [pool.submit(self._start_spark_worker, i) for i in range(1, count + 1)]:
+                future.result()
+
+    def down(self, purge: bool = False) -> None:
+        stop_all(self.pid_dir, order=DOWN_ORDER, timeout=30)
+        shutil.rmtree(self.ray_temp_dir(), ignore_errors=True)
+        if purge:
+            for sub in ("kafka", "spark", "checkpoints", "api", "logs"):
+                shutil.rmtree(self.state / sub, ignore_errors=True)
+        leftover = {owner: port for owner, port in self.config.ports().items() if port_in_use(port)}
+        if leftover:
+            raise StackError(f"after down, ports are still bound: {leftover} ({port_owner(next(iter(leftover.values())))})")
+
+    def _all_procs(self) -> list[tuple[str, ManagedProcess]]:
+        """Every instance the stack knows of (running or with a pid file), in start order."""
+        names = {p.stem for p in self.pid_dir.glob("*.json")} if self.pid_dir.is_dir() else set()
+
+        def instances(component: str) -> list[tuple[str, ManagedProcess]]:
+            indexes = sorted(int(m.group(1)) for n in names if (m := re.fullmatch(rf"{component}-(\d+)", n)))
+            return [(component, self._scalable_proc(component, i)) for i in indexes]
+
+        return [
+            (KAFKA, self._kafka()),
+            (SPARK_MASTER, self._spark_master()),
+            *instances(SPARK_WORKER),
+            (RAY_HEAD, self._ray_head()),
+            *instances(RAY_WORKER),
+            (STREAMING_JOB, self._pid_only(STREAMING_JOB)),
+            (INFERENCE, self._inference()),
+            (API, self._api()),
+        ]
+
+    def _pid_only(self, name: str) -> ManagedProcess:
+        """A handle for status/stop that does not need the launch command to be buildable."""
+        return self._proc(name, [])
+
+    def status(self) -> StackStatus:
+        status = StackStatus(backend=self.backend, extra={"state_dir": str(self.state)})
+        for component, proc in self._all_procs():
+            members = proc.members()
+            rss = 0
+            for member in members:
+                try:
+                    rss += member.memory_info().rss
+                except Exception:  # the process may exit while we look
+                    continue
+            status.instances.append(
+                InstanceStatus(
+                    component=component,
+                    instance=proc.name,
+                    running=proc.is_running(),
+                    pid=proc.pid,
+                    rss_bytes=rss,
+                    processes=len(members),
+                )
+            )
+        return status
+
+    def scale(self, component: str, count: int) -> None:
+        check_component(component, SCALABLE)
+        if count < 0:
+            raise StackError(f"cannot scale {component} to {count}: the count must be >= 0")
+        running = self._instances(component)
+        start = self._start_spark_worker if component == SPARK_WORKER else self._start_ray_worker
+        try:
+            for index in range(1, count + 1):
+                if index not in running:
+                    start(index)
+        except ProcessError as exc:
+            raise StackError(str(exc)) from None
+        for index in running:
+            if index > count:
+                self._scalable_proc(component, index).stop(timeout=30)
+        if component == SPARK_WORKER:
+            self.config.spark.workers = count
+        else:
+            self.config.ray.workers = count
+        self.config.dump()
+
+    def _resolve(self, component: str, which: int | None) -> ManagedProcess:
+        check_component(component)
+        if component in SCALABLE:
+            running = self._instances(component)
+            if which is None:
+                if not running:
+                    raise StackError(f"no {component} is running")
+                which = running[-1]
+            return self._scalable_proc(component, which)
+        if which not in (None, 1):
+            raise StackError(f"{component} has a single instance; got which={which}")
+        return {
+            KAFKA: self._kafka,
+            SPARK_MASTER: self._spark_master,
+            RAY_HEAD: self._ray_head,
+            STREAMING_JOB: lambda: self._pid_only(STREAMING_JOB),
+            INFERENCE: self._inference,
+            API: self._api,
+        }[component]()
+
+    def kill(self, component: str, which: int | None = None, graceful: bool = False) -> str:
+        proc = self._resolve(component, which)
+        if not proc.is_running():
+            raise StackError(f"{proc.name} is not running")
+        if graceful:
+            proc.stop(timeout=30)
+        else:
+            proc.kill()
+        return proc.name
+
+    def restart(self, component: str, which: int | None = None) -> None:
+        proc = self._resolve(component, which)
+        if proc.is_running():
+            proc.stop(timeout=30)
+        try:
+            if component in SCALABLE:
+                index = int(proc.name.rsplit("-", 1)[1])
+                (self._start_spark_worker if component == SPARK_WORKER else self._start_ray_worker)(index)
+            else:
+                self.up((component,))
+        except ProcessError as exc:
+            raise StackError(str(exc)) from None
