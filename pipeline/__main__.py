@@ -1,13 +1,13 @@
 """Command line of the pipeline: run the stack by hand, train the model, run the demo job.
 
-    python -m pipeline up [--only kafka,spark-master,...]
-    python -m pipeline status
-    python -m pipeline scale spark-worker 3
-    python -m pipeline kill ray-worker [--which 2] [--graceful]
-    python -m pipeline restart kafka
-    python -m pipeline down [--purge]
-    python -m pipeline train
-    python -m pipeline demo [--duration 60 --stations 10 --rate 20]
+python -m pipeline up [--only kafka,spark-master,...]
+python -m pipeline status
+python -m pipeline scale spark-worker 3
+python -m pipeline kill ray-worker [--which 2] [--graceful]
+python -m pipeline restart kafka
+python -m pipeline down [--purge]
+python -m pipeline train
+python -m pipeline demo [--duration 60 --stations 10 --rate 20]
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the stack (idempotent)")
     up.add_argument("--only", help=f"comma-separated components, of: {','.join(COMPONENTS)}")
     down = sub.add_parser("down", help="stop every component of the stack")
-    down.add_argument("--purge", action="store_true", help="also delete topic data, checkpoints and API state")
+    down.add_argument(
+        "--purge", action="store_true", help="also delete topic data, checkpoints and API state"
+    )
     sub.add_parser("status", help="what runs now (JSON)")
     scale = sub.add_parser("scale", help="set the number of workers")
     scale.add_argument("component", choices=SCALABLE)
@@ -43,10 +45,15 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--graceful", action="store_true", help="SIGTERM instead of SIGKILL")
     train = sub.add_parser("train", help="train a new model version with the Spark batch layer")
     train.add_argument("--horizon-minutes", type=int, default=60)
-    demo = sub.add_parser("demo", help="bring the stack up, run synthetic load, print counts and latencies, tear down")
-    demo.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
+    demo = sub.add_parser(
+        "demo", help="bring the stack up, run synthetic load, print counts and latencies, tear down"
+    )
+    demo.add_argument("--duration", type=float, default=60.0, help="seconds of measured load (default 60)")
+    demo.add_argument("--warmup", type=float, default=20.0, help="seconds of load before it (default 20)")
     demo.add_argument("--stations", type=int, default=10)
-    demo.add_argument("--rate", type=float, default=20.0, help="messages per second, all stations (default 20)")
+    demo.add_argument(
+        "--rate", type=float, default=20.0, help="messages per second, all stations (default 20)"
+    )
     demo.add_argument("--source", choices=("synthetic", "replay"), default="synthetic")
     demo.add_argument("--keep-up", action="store_true", help="leave the stack running afterwards")
     return parser

@@ -83,6 +83,7 @@ class RayConfig:
     dashboard_port: int = 8265
     client_server_port: int = 6391
     worker_port_min: int = 21000
+    agent_port_base: int = 52400  # dashboard agent HTTP port of node i is base + i (head: i = 0)
     worker_port_max: int = 22999
     include_dashboard: bool = True
     workers: int = 2
@@ -170,6 +171,16 @@ class StackConfig:
         if self.ray.include_dashboard:
             ports["ray dashboard"] = self.ray.dashboard_port
         return ports
+
+
+def service_environ(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a stack service: without WB_* overrides (except the jars location).
+
+    Services read their settings from the resolved stack file; overrides in the
+    caller's environment were applied when it was written and must not apply twice.
+    """
+    env = os.environ if base is None else base
+    return {k: v for k, v in env.items() if not k.startswith(ENV_PREFIX) or k == "WB_JARS_DIR"}
 
 
 _SECTIONS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from pipeline.config import REPO_ROOT, StackConfig
+from pipeline.config import REPO_ROOT, StackConfig, service_environ
 from pipeline.stack.process import ManagedProcess, tail
 
 TRAIN_MARKER = "TRAIN_RESULT "
@@ -34,7 +34,7 @@ def run_training(config: StackConfig, horizon_minutes: int = 60, timeout_s: floa
         argv,
         pid_dir=config.state_dir / "pids",
         log_dir=config.state_dir / "logs",
-        env=spark_env(config),
+        env=spark_env(config, base=service_environ()),
         cwd=REPO_ROOT,
     )
     proc.log_file.unlink(missing_ok=True)
@@ -50,7 +50,7 @@ def run_training(config: StackConfig, horizon_minutes: int = 60, timeout_s: floa
     log = proc.log_file.read_text(errors="replace") if proc.log_file.exists() else ""
     results = [line[len(TRAIN_MARKER) :] for line in log.splitlines() if line.startswith(TRAIN_MARKER)]
     if code == EXIT_NOT_BETTER:
-        raise JobError(f"the trained model does not beat persistence; not deployed: {results[-1:] }")
+        raise JobError(f"the trained model does not beat persistence; not deployed: {results[-1:]}")
     if code != 0 or not results:
         raise JobError(f"training failed (exit {code}); log {proc.log_file}:\n{tail(proc.log_file)}")
     return json.loads(results[-1])

@@ -59,7 +59,14 @@ def ensure_topic(
     existing = describe_topics(admin).get(name)
     if existing is None:
         futures = admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, config=config or {})],
+            [
+                NewTopic(
+                    name,
+                    num_partitions=partitions,
+                    replication_factor=replication_factor,
+                    config=config or {},
+                )
+            ],
             operation_timeout=timeout_s,
         )
         try:
@@ -76,7 +83,9 @@ def ensure_topic(
         if info is not None and info.partitions >= partitions:
             return info
         time.sleep(0.2)
-    raise TopicError(f"topic {name} was created but is not visible with {partitions} partitions after {timeout_s}s")
+    raise TopicError(
+        f"topic {name} was created but is not visible with {partitions} partitions after {timeout_s}s"
+    )
 
 
 def set_partitions(admin: AdminClient, name: str, partitions: int, timeout_s: float = 30.0) -> None:
@@ -121,7 +130,9 @@ def ensure_pipeline_topics(kafka: KafkaConfig, admin: AdminClient | None = None)
     }
 
 
-def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> list[tuple[int, int, bytes | None, bytes | None]]:
+def read_topic(
+    bootstrap_servers: str, topic: str, timeout_s: float = 30.0
+) -> list[tuple[int, int, bytes | None, bytes | None]]:
     """Every record currently in a topic as (partition, broker timestamp ms, key, value), read to the end."""
     from confluent_kafka import Consumer, TopicPartition
 
@@ -155,7 +166,9 @@ def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> l
                 if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
                     remaining.pop(msg.partition(), None)
         if remaining:
-            raise TopicError(f"timed out reading {topic}; partitions not read to the end: {sorted(remaining)}")
+            raise TopicError(
+                f"timed out reading {topic}; partitions not read to the end: {sorted(remaining)}"
+            )
         return records
     finally:
         consumer.close()

@@ -20,9 +20,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 FEATURE_NAMES = (
     "temperature_c",
@@ -32,6 +33,13 @@ FEATURE_NAMES = (
     "cos_2hour",
     "sin_doy",
     "cos_doy",
+    # How fast temperature changes at a time of day depends on how warm it is
+    # (a warm afternoon cools faster): without these the model loses to
+    # persistence on the Seattle hold-out.
+    "temp_x_sin_hour",
+    "temp_x_cos_hour",
+    "temp_x_sin_2hour",
+    "temp_x_cos_2hour",
 )
 MODEL_NAME = "temperature-delta-linear"
 _FILE_RE = re.compile(r"temperature-v(\d+)\.json$")
@@ -50,15 +58,9 @@ def feature_vector(temperature_c: float, epoch_ms: int) -> list[float]:
     day_of_year = (epoch_ms // DAY_MS) % 365.25
     h = 2 * math.pi * hour / 24
     d = 2 * math.pi * day_of_year / 365.25
-    return [
-        float(temperature_c),
-        math.sin(h),
-        math.cos(h),
-        math.sin(2 * h),
-        math.cos(2 * h),
-        math.sin(d),
-        math.cos(d),
-    ]
+    t = float(temperature_c)
+    diurnal = [math.sin(h), math.cos(h), math.sin(2 * h), math.cos(2 * h)]
+    return [t, *diurnal, math.sin(d), math.cos(d), *(t * v for v in diurnal)]
 
 
 @dataclass
@@ -78,7 +80,7 @@ class TemperatureModel:
         out = []
         for temperature, epoch_ms in rows:
             x = feature_vector(temperature, epoch_ms)
-            delta = self.intercept + sum(c * v for c, v in zip(self.coefficients, x))
+            delta = self.intercept + sum(c * v for c, v in zip(self.coefficients, x, strict=True))
             out.append(temperature + delta)
         return out
 

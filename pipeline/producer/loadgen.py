@@ -136,8 +136,13 @@ def run_open_loop(
     )
 
 
-def close_windows(producer: WeatherProducer, source: ObservationSource, last_event_ms: int, window_ms: int,
-                  watermark_ms: int) -> int:
+def close_windows(
+    producer: WeatherProducer,
+    source: ObservationSource,
+    last_event_ms: int,
+    window_ms: int,
+    watermark_ms: int,
+) -> int:
     """Advance the streaming watermark past every window up to last_event_ms.
 
     Spark emits a window only after an event later than window end + watermark

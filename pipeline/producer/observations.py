@@ -81,7 +81,10 @@ class ReplaySource:
     name = "replay"
 
     def __init__(self, seed: int = 7) -> None:
-        self.series = [load_hourly_temperatures("seattle-temps.csv"), load_hourly_temperatures("sf-temps.csv")]
+        self.series = [
+            load_hourly_temperatures("seattle-temps.csv"),
+            load_hourly_temperatures("sf-temps.csv"),
+        ]
         self.synthetic = SyntheticSource(seed=seed)
 
     def observe(self, station_id: str, event_time_ms: int) -> dict[str, float]:

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 DEFAULT_BASE_URL = "https://api.open-meteo.com"
 
@@ -73,7 +73,9 @@ class OpenMeteoClient:
             detail = exc.read()[:300].decode(errors="replace")
             raise OpenMeteoError(f"{station.station_id}: HTTP {exc.code} from Open-Meteo: {detail}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise OpenMeteoError(f"{station.station_id}: Open-Meteo unreachable at {self.base_url}: {exc}") from None
+            raise OpenMeteoError(
+                f"{station.station_id}: Open-Meteo unreachable at {self.base_url}: {exc}"
+            ) from None
         except ValueError:
             raise OpenMeteoError(f"{station.station_id}: Open-Meteo returned invalid JSON") from None
         return parse_current(station.station_id, body)
@@ -83,7 +85,9 @@ def parse_current(station_id: str, body: dict) -> CurrentObservation:
     current = body.get("current") if isinstance(body, dict) else None
     if not isinstance(current, dict):
         reason = body.get("reason") if isinstance(body, dict) else None
-        raise OpenMeteoError(f"{station_id}: response has no 'current' block" + (f" ({reason})" if reason else ""))
+        raise OpenMeteoError(
+            f"{station_id}: response has no 'current' block" + (f" ({reason})" if reason else "")
+        )
     values: dict[str, float] = {}
     for variable, field_name in CURRENT_VARIABLES.items():
         value = current.get(variable)
@@ -94,7 +98,7 @@ def parse_current(station_id: str, body: dict) -> CurrentObservation:
     if isinstance(stamp, (int, float)):
         event_ms = int(stamp * 1000)
     elif isinstance(stamp, str):
-        event_ms = int(datetime.fromisoformat(stamp).replace(tzinfo=timezone.utc).timestamp() * 1000)
+        event_ms = int(datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp() * 1000)
     else:
         raise OpenMeteoError(f"{station_id}: current.time is missing")
     return CurrentObservation(station_id=station_id, event_time_ms=event_ms, values=values)

@@ -24,6 +24,7 @@ class DeliveryLedger:
     """What Kafka acknowledged (and refused), filled from delivery callbacks."""
 
     acked: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    event_times: dict[tuple[str, int], int] = field(default_factory=dict)  # (station, seq) -> event time
     failed: list[tuple[str, int, str]] = field(default_factory=list)
     ack_latency_ms: list[float] = field(default_factory=list)  # produce() -> broker ack
     t1_ms: list[int] = field(default_factory=list)  # ingestion_time -> broker append time
@@ -42,7 +43,9 @@ class DeliveryLedger:
 class WeatherProducer:
     """Idempotent producer of raw observations to one topic."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, extra_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, bootstrap_servers: str, topic: str, extra_config: dict[str, Any] | None = None
+    ) -> None:
         self.topic = topic
         self.ledger = DeliveryLedger()
         self._next_seq: dict[str, int] = defaultdict(int)
@@ -75,11 +78,19 @@ class WeatherProducer:
         if intended_time_ms is not None:
             record["intended_time"] = intended_time_ms
         record["ingestion_time"] = now_ms()
-        self.send_raw(encode(record), raw_key(station_id), (station_id, seq, record["ingestion_time"]))
+        self.send_raw(
+            encode(record), raw_key(station_id), (station_id, seq, record["ingestion_time"], event_time_ms)
+        )
         return record
 
-    def send_raw(self, payload: bytes, key: bytes | None, trace: tuple[str, int, int] | None = None) -> None:
-        """Publish bytes as they are (also used to inject bad records); `trace` enters the ledger."""
+    def send_raw(
+        self, payload: bytes, key: bytes | None, trace: tuple[str, int, int, int] | None = None
+    ) -> None:
+        """Publish bytes as they are (also used to inject bad records).
+
+        `trace` is (station, seq, ingestion time, event time) of a valid observation; its ack enters
+        the ledger. Bad records are sent without one.
+        """
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             with self.ledger._lock:
@@ -91,6 +102,7 @@ class WeatherProducer:
                 self.ledger.per_partition[msg.partition()] += 1
                 if trace:
                     self.ledger.acked[trace[0]].append(trace[1])
+                    self.ledger.event_times[(trace[0], trace[1])] = trace[3]
                     latency = msg.latency()
                     if latency is not None:
                         self.ledger.ack_latency_ms.append(latency * 1000.0)

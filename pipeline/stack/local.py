@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from pipeline.config import REPO_ROOT, StackConfig
+from pipeline.config import REPO_ROOT, StackConfig, service_environ
 from pipeline.stack.base import (
     API,
     COMPONENTS,
@@ -57,14 +57,23 @@ from pipeline.stack.process import (
     port_in_use,
     port_owner,
     stop_all,
-    wait_until,
 )
 
 log = logging.getLogger(__name__)
 KAFKA_LOG4J = REPO_ROOT / "include" / "kafka" / "log4j2.properties"
 VENV_BIN = Path(sys.executable).parent
 # Stop order for `down`: consumers before producers of their input, compute before Kafka.
-DOWN_ORDER = (API, INFERENCE, STREAMING_JOB, "spark-batch", RAY_WORKER, RAY_HEAD, SPARK_WORKER, SPARK_MASTER, KAFKA)
+DOWN_ORDER = (
+    API,
+    INFERENCE,
+    STREAMING_JOB,
+    "spark-batch",
+    RAY_WORKER,
+    RAY_HEAD,
+    SPARK_WORKER,
+    SPARK_MASTER,
+    KAFKA,
+)
 
 
 def _http_json(url: str, timeout: float = 2.0) -> object:
@@ -99,9 +108,8 @@ class LocalStack(Stack):
         return ManagedProcess(name, argv, pid_dir=self.pid_dir, log_dir=self.log_dir, env=env, cwd=REPO_ROOT)
 
     def _base_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = service_environ()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        env["WB_STATE_DIR"] = str(self.state)
         # Loopback cluster: one explicit auth mode for head, workers and drivers
         # (a stray ~/.ray/auth_token would otherwise switch token auth on for some).
         env["RAY_AUTH_MODE"] = "disabled"
@@ -199,7 +207,16 @@ class LocalStack(Stack):
         if not (self._kafka_dir() / "data" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             fmt = subprocess.run(
-                self._java(256, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)),
+                self._java(
+                    256,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(props),
+                ),
                 capture_output=True,
                 text=True,
                 timeout=120,
@@ -318,6 +335,7 @@ class LocalStack(Stack):
             "--node-ip-address=127.0.0.1",
             f"--port={r.gcs_port}",
             "--num-cpus=0",  # no actors on the head: workers are what we scale
+            f"--dashboard-agent-listen-port={r.agent_port_base}",
             f"--min-worker-port={r.worker_port_min}",
             f"--max-worker-port={r.worker_port_max}",
             f"--object-store-memory={r.head_object_store_mb * 1_000_000}",
@@ -339,6 +357,8 @@ class LocalStack(Stack):
             f"--address={r.address}",
             "--node-ip-address=127.0.0.1",
             f"--num-cpus={r.worker_cpus}",
+            # Nodes on one host each need their own agent port (the default is shared).
+            f"--dashboard-agent-listen-port={r.agent_port_base + index}",
             f"--min-worker-port={r.worker_port_min}",
             f"--max-worker-port={r.worker_port_max}",
             f"--object-store-memory={r.worker_object_store_mb * 1_000_000}",
@@ -372,7 +392,11 @@ class LocalStack(Stack):
         if proc.is_running():
             return
         r = self.config.ray
-        ports = {"ray gcs": r.gcs_port, "ray dashboard": r.dashboard_port, "ray client server": r.client_server_port}
+        ports = {
+            "ray gcs": r.gcs_port,
+            "ray dashboard": r.dashboard_port,
+            "ray client server": r.client_server_port,
+        }
         self._check_ports(ports)
         shutil.rmtree(self.ray_temp_dir(), ignore_errors=True)
         proc.start()
@@ -387,7 +411,9 @@ class LocalStack(Stack):
         for attempt in range(1, attempts + 1):
             proc.start()
             try:
-                proc.wait_healthy(lambda: self._ray_worker_alive(index), 120, f"Ray worker node {index} to join")
+                proc.wait_healthy(
+                    lambda: self._ray_worker_alive(index), 120, f"Ray worker node {index} to join"
+                )
                 return
             except ProcessError:
                 # `ray start` gives up after 30 s of registration on a busy machine; one more try.
@@ -407,7 +433,7 @@ class LocalStack(Stack):
             ui_port=self.config.spark.driver_ui_port,
             extra_args=["--config", str(self.config.stack_file)],
         )
-        return self._proc(STREAMING_JOB, argv, {**self._base_env(), **spark_env(self.config)})
+        return self._proc(STREAMING_JOB, argv, spark_env(self.config, base=self._base_env()))
 
     def _inference(self) -> ManagedProcess:
         argv = [
@@ -439,7 +465,8 @@ class LocalStack(Stack):
                 event = json.loads(line)
             except ValueError:
                 continue
-            if event.get("received_at_ms", event.get("timestamp_ms", 0)) / 1000 >= since - 1:
+            # "started" comes before any batch ran; progress/idle mean a trigger completed.
+            if event.get("event") in ("progress", "idle") and event.get("received_at_ms", 0) / 1000 >= since:
                 names.add(event.get("name"))
         return len(names - {None}) >= 2
 
@@ -450,21 +477,19 @@ class LocalStack(Stack):
         self._check_ports({"spark streaming driver ui": self.config.spark.driver_ui_port})
         started = time.time()
         proc.start()
-        proc.wait_healthy(lambda: self._streaming_ready(started), 240, "the Spark streaming job's first batches")
+        proc.wait_healthy(
+            lambda: self._streaming_ready(started), 240, "the Spark streaming job's first batches"
+        )
 
     def _start_inference(self) -> None:
         proc = self._inference()
         if proc.is_running():
             return
-        from pipeline.model import current_version
-
-        if current_version(self.config.model_dir) is None:
-            from pipeline.jobs import run_training
-
-            run_training(self.config)
         self._check_ports({"inference metrics": self.config.inference.metrics_port})
         proc.start()
-        proc.wait_healthy(lambda: port_in_use(self.config.inference.metrics_port), 120, "the inference driver")
+        proc.wait_healthy(
+            lambda: port_in_use(self.config.inference.metrics_port), 120, "the inference driver"
+        )
 
     def _start_api(self) -> None:
         proc = self._api()
@@ -503,8 +528,31 @@ class LocalStack(Stack):
         with ThreadPoolExecutor(max_workers=max(1, len(chains))) as pool:
             for future in [pool.submit(self._run_steps, chain) for chain in chains]:
                 future.result()
-        starters = {STREAMING_JOB: self._start_streaming_job, INFERENCE: self._start_inference, API: self._start_api}
-        self._run_steps([(name, starters[name]) for name in (STREAMING_JOB, INFERENCE, API) if name in components])
+        starters = {
+            STREAMING_JOB: self._start_streaming_job,
+            INFERENCE: self._start_inference,
+            API: self._start_api,
+        }
+        services = [(name, starters[name]) for name in (STREAMING_JOB, INFERENCE, API) if name in components]
+        if INFERENCE in components:
+            # The actors need a model. Train one first if there is none: before the streaming
+            # job starts, since a running streaming job holds every worker core.
+            services.insert(0, ("model", self._ensure_model))
+        self._run_steps(services)
+
+    def _ensure_model(self) -> None:
+        from pipeline.jobs import run_training
+        from pipeline.model import current_version
+
+        if current_version(self.config.model_dir) is None:
+            if self._instances(SPARK_WORKER) == [] or not self._spark_master().is_running():
+                raise StackError(
+                    "no model to serve and no Spark cluster to train one: start spark-master and workers"
+                )
+            result = run_training(self.config)
+            log.info(
+                "trained model v%s: %s", result.get("version"), json.dumps(result.get("metrics", result))
+            )
 
     def _run_steps(self, steps: list[tuple[str, Callable[[], None]]]) -> None:
         for name, start in steps:
@@ -539,7 +587,9 @@ class LocalStack(Stack):
                 shutil.rmtree(self.state / sub, ignore_errors=True)
         leftover = {owner: port for owner, port in self.config.ports().items() if port_in_use(port)}
         if leftover:
-            raise StackError(f"after down, ports are still bound: {leftover} ({port_owner(next(iter(leftover.values())))})")
+            raise StackError(
+                f"after down, ports are still bound: {leftover} ({port_owner(next(iter(leftover.values())))})"
+            )
 
     def _all_procs(self) -> list[tuple[str, ManagedProcess]]:
         """Every instance the stack knows of (running or with a pid file), in start order."""

@@ -13,6 +13,7 @@ earlier one started, and a recycled pid is never mistaken for ours.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -200,7 +201,9 @@ class ManagedProcess:
     def check_alive(self) -> None:
         """Raise with the log tail if the process has exited."""
         if not self.is_running():
-            raise ProcessError(f"{self.name} exited; last log lines of {self.log_file}:\n{tail(self.log_file)}")
+            raise ProcessError(
+                f"{self.name} exited; last log lines of {self.log_file}:\n{tail(self.log_file)}"
+            )
 
     def wait_healthy(self, probe: Callable[[], bool], timeout: float, what: str | None = None) -> None:
         def check() -> bool:
@@ -250,10 +253,8 @@ def stop_record(rec: PidRecord | None, timeout: float = 20.0) -> None:
     if not leader_alive and not session_members(rec.pid):
         return
     if leader_alive:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(rec.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     else:
         signal_session(rec.pid, signal.SIGTERM)
     if wait_session_gone(rec.pid, timeout):

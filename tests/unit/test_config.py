@@ -45,7 +45,9 @@ def test_port_collision_is_rejected():
 
 
 def test_dump_round_trips(tmp_path: Path):
-    config = load_config(environ={}, overrides={"state_dir": str(tmp_path), "spark": {"window": "10 seconds"}})
+    config = load_config(
+        environ={}, overrides={"state_dir": str(tmp_path), "spark": {"window": "10 seconds"}}
+    )
     again = load_config(config.dump(), environ={})
     assert again.to_dict() == config.to_dict()
 

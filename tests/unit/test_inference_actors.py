@@ -19,7 +19,7 @@ WINDOW_END = WINDOW_START + 300_000
 def make_model(version: int = 1, intercept: float = 0.5, horizon: int = 60) -> TemperatureModel:
     return TemperatureModel(
         version=version,
-        coefficients=[-0.05, 0.4, -0.6, 0.1, 0.05, 0.2, -0.3],
+        coefficients=[-0.05, 0.4, -0.6, 0.1, 0.05, 0.2, -0.3, 0.01, -0.02, 0.03, -0.01],
         intercept=intercept,
         horizon_minutes=horizon,
     )

@@ -27,7 +27,7 @@ from pipeline.inference.pool import (
     alive_worker_node_ids,
     split_ranges,
 )
-from pipeline.model import TemperatureModel
+from pipeline.model import FEATURE_NAMES, TemperatureModel
 from pipeline.schema import FEATURE_FIELDS, window_key
 
 WS = 1_767_225_600_000
@@ -138,7 +138,7 @@ class FakePool:
     target_version = 1
 
     def __init__(self, fail_rows: set[str] | None = None) -> None:
-        self.model = TemperatureModel(version=1, coefficients=[0.0] * 7, intercept=1.0)
+        self.model = TemperatureModel(version=1, coefficients=[0.0] * len(FEATURE_NAMES), intercept=1.0)
         self.fail_rows = fail_rows or set()
         self.calls: list[list[dict[str, Any]]] = []
 

@@ -1,5 +1,7 @@
 """Open-loop schedule: intended times, station rotation, lateness reporting."""
 
+import itertools
+
 import pytest
 
 from pipeline.producer.loadgen import LoadSpec, run_open_loop
@@ -45,7 +47,7 @@ def test_schedule_rotates_stations_at_the_offered_rate():
     assert result.sent == 30
     assert [s[0] for s in producer.sent[:4]] == ["t-0000", "t-0001", "t-0002", "t-0000"]
     intended = [s[3] for s in producer.sent]
-    assert [b - a for a, b in zip(intended, intended[1:])] == [
+    assert [b - a for a, b in itertools.pairwise(intended)] == [
         int((i + 1) * 10) - int(i * 10) for i in range(29)
     ]
     assert all(s[2] == s[3] for s in producer.sent)  # event time is the intended time

@@ -1,47 +1,17 @@
 """Open-Meteo client over real HTTP against a local server that serves documented responses."""
 
 import json
-import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from pipeline.producer.openmeteo import OpenMeteoClient, OpenMeteoError, Station
-
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "openmeteo"
-# latitude -> (HTTP status, fixture file)
-ROUTES = {"47.6000": (200, "current_seattle.json"), "52.5200": (200, "current_missing_field.json")}
-
-
-class StubHandler(BaseHTTPRequestHandler):
-    requests: list[dict] = []
-
-    def do_GET(self):
-        url = urllib.parse.urlparse(self.path)
-        query = dict(urllib.parse.parse_qsl(url.query))
-        StubHandler.requests.append({"path": url.path, **query})
-        status, name = ROUTES.get(query.get("latitude", ""), (400, "error_bad_latitude.json"))
-        body = (FIXTURES / name).read_bytes()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+from tests.openmeteo_stub import FIXTURES, StubHandler, openmeteo_stub
 
 
 @pytest.fixture(scope="module")
 def stub_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StubHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with openmeteo_stub() as url:
+        yield url
 
 
 def test_current_conditions_become_pipeline_fields(stub_url):
@@ -77,7 +47,7 @@ def test_missing_variable_is_named(stub_url):
 
 def test_api_error_reason_is_passed_on(stub_url):
     client = OpenMeteoClient(base_url=stub_url)
-    with pytest.raises(OpenMeteoError, match="HTTP 400.*Latitude must be in range"):
+    with pytest.raises(OpenMeteoError, match=r"HTTP 400.*Latitude must be in range"):
         client.current(Station("nowhere", 123.0, 0.0))
 
 

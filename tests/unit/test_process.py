@@ -21,7 +21,9 @@ PARENT_WITH_STUBBORN_CHILD = textwrap.dedent(
 
 
 def make(tmp_path, name, code):
-    return ManagedProcess(name, [sys.executable, "-c", code], pid_dir=tmp_path / "pids", log_dir=tmp_path / "logs")
+    return ManagedProcess(
+        name, [sys.executable, "-c", code], pid_dir=tmp_path / "pids", log_dir=tmp_path / "logs"
+    )
 
 
 def test_start_is_idempotent_and_stop_reaps_the_whole_session(tmp_path):
@@ -63,5 +65,5 @@ def test_recycled_pid_is_not_ours(tmp_path):
 def test_early_exit_reports_the_log(tmp_path):
     proc = make(tmp_path, "crash", "import sys; print('bad setting: ' + 'frob' + 'nicate'); sys.exit(3)")
     proc.start()
-    with pytest.raises(ProcessError, match="(?s)crash exited.*bad setting: frobnicate"):
+    with pytest.raises(ProcessError, match=r"(?s)crash exited.*bad setting: frobnicate"):
         proc.wait_healthy(lambda: False, 20)
