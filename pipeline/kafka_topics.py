@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from pipeline.config import KafkaConfig
@@ -172,3 +174,23 @@ def read_topic(
         return records
     finally:
         consumer.close()
+
+
+def usable_messages(messages: Sequence[Any], on_error: Callable[[KafkaError], None]) -> list[Any]:
+    """The messages of a consumed batch that carry data.
+
+    Partition-EOF markers are skipped, a fatal client error is raised, and any
+    other error (transient: the client retries by itself) is passed to on_error.
+    """
+    good = []
+    for message in messages:
+        error = message.error()
+        if error is None:
+            good.append(message)
+        elif error.code() == KafkaError._PARTITION_EOF:
+            continue
+        elif error.fatal():
+            raise KafkaException(error)
+        else:
+            on_error(error)
+    return good

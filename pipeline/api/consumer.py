@@ -31,13 +31,13 @@ from confluent_kafka import (
     OFFSET_INVALID,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
-    KafkaError,
     KafkaException,
     TopicPartition,
 )
 
 from pipeline.api.store import Incoming, PredictionStore, UpsertResult, validate_record
 from pipeline.config import StackConfig
+from pipeline.kafka_topics import usable_messages
 from pipeline.schema import now_ms
 
 log = logging.getLogger("pipeline.api.consumer")
@@ -204,18 +204,7 @@ class PredictionConsumer:
         if self.batch_size > 1:
             # What is already fetched, without waiting for a full batch.
             messages.extend(self._consumer.consume(num_messages=self.batch_size - 1, timeout=0.005))
-        good = []
-        for message in messages:
-            error = message.error()
-            if error is None:
-                good.append(message)
-            elif error.code() == KafkaError._PARTITION_EOF:
-                continue
-            elif error.fatal():
-                raise KafkaException(error)
-            else:
-                log.warning("consumer error: %s", error)
-        return good
+        return usable_messages(messages, lambda error: log.warning("consumer error: %s", error))
 
     def handle_batch(self, messages: Sequence[Any]) -> UpsertResult:
         """Store a batch (one transaction), then commit its offsets synchronously."""

@@ -62,6 +62,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_se
 from prometheus_client import Counter as PromCounter
 
 from pipeline.config import REPO_ROOT, ConfigError, StackConfig, load_config
+from pipeline.kafka_topics import usable_messages
 from pipeline.model import ModelError, current_version, model_path
 from pipeline.schema import FEATURE_FIELDS, WEATHER_FIELDS, encode, now_ms, window_key
 
@@ -440,19 +441,11 @@ class InferenceDriver:
         want = self.config.inference.batch_size - 1
         if want > 0:
             messages.extend(self.consumer.consume(num_messages=want, timeout=self.linger_s))
-        good = []
-        for message in messages:
-            error = message.error()
-            if error is None:
-                good.append(message)
-            elif error.code() == KafkaError._PARTITION_EOF:
-                continue
-            elif error.fatal():
-                raise KafkaException(error)
-            else:
-                self.metrics.add("kafka_errors")
-                log.warning("consumer error: %s", error)
-        return good
+        return usable_messages(messages, self._on_consumer_error)
+
+    def _on_consumer_error(self, error: KafkaError) -> None:
+        self.metrics.add("kafka_errors")
+        log.warning("consumer error: %s", error)
 
     def process_batch(self, messages: Sequence[Any]) -> None:
         """Infer, produce, await every ack, then commit. Raises InferenceAborted on a forced stop."""

@@ -23,11 +23,12 @@ from pipeline.schema import encode, now_ms, raw_key
 class DeliveryLedger:
     """What Kafka acknowledged (and refused), filled from delivery callbacks."""
 
-    acked: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
-    event_times: dict[tuple[str, int], int] = field(default_factory=dict)  # (station, seq) -> event time
+    # The per-message fields are long: kept out of repr so failures stay readable.
+    acked: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list), repr=False)
+    event_times: dict[tuple[str, int], int] = field(default_factory=dict, repr=False)  # (station, seq) -> ms
     failed: list[tuple[str, int, str]] = field(default_factory=list)
-    ack_latency_ms: list[float] = field(default_factory=list)  # produce() -> broker ack
-    t1_ms: list[int] = field(default_factory=list)  # ingestion_time -> broker append time
+    ack_latency_ms: list[float] = field(default_factory=list, repr=False)  # produce() -> broker ack
+    t1_ms: list[int] = field(default_factory=list, repr=False)  # ingestion_time -> broker append time
     per_partition: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     bytes_sent: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -64,7 +64,9 @@ def test_every_window_is_served_exactly_once_with_no_loss(pipeline_stack, produc
         assert row["window_end"] - row["window_start"] == window_ms
         assert row["model_version"] == current_version(config.model_dir)
         assert -90 <= row["predicted_temperature_c"] <= 60
-    assert sum(r["count"] for r in rows) == result.ledger.acked_count  # zero loss
+    flow_acked = sum(len(seqs) for station, seqs in result.ledger.acked.items() if station.startswith("flow"))
+    assert flow_acked == spec.total_messages
+    assert sum(r["count"] for r in rows) == flow_acked  # zero loss
     # Per station, the seqs covered by its windows are exactly 0..n-1: no gap, no overlap.
     per_station = defaultdict(int)
     for row in rows:
