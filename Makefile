@@ -4,7 +4,7 @@
 PYTHON_BOOT ?= python3.11
 VENV        := .venv
 PY          := $(VENV)/bin/python
-JARS        := .state/jars
+JARS        ?= .state/jars
 STAMP_PY    := $(VENV)/.installed
 STAMP_JARS  := $(JARS)/.fetched
 
@@ -29,9 +29,9 @@ $(STAMP_PY): requirements.txt constraints.txt
 # JVM dependencies from Maven Central: the Kafka broker and tools, and Spark's Kafka
 # connector (only the jars pyspark does not already ship).
 $(STAMP_JARS): include/jvm/kafka/pom.xml include/jvm/spark-kafka/pom.xml
-	mvn -q -B -f include/jvm/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(JARS)/kafka
+	mvn -q -B -f include/jvm/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(abspath $(JARS))/kafka
 	mvn -q -B -f include/jvm/spark-kafka/pom.xml dependency:copy-dependencies \
-	  -DoutputDirectory=$(CURDIR)/$(JARS)/spark-kafka \
+	  -DoutputDirectory=$(abspath $(JARS))/spark-kafka \
 	  -DincludeArtifactIds=spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2
 	touch $@
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from pipeline.config import ConfigError, load_config
@@ -43,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--which", type=int, help="instance number of a scalable component (default: last)")
         if name == "kill":
             cmd.add_argument("--graceful", action="store_true", help="SIGTERM instead of SIGKILL")
+    component = sub.add_parser("component", help="run one component in the foreground (for containers)")
+    component.add_argument("component", choices=COMPONENTS)
+    component.add_argument("--index", type=int, default=1, help="instance number of a scalable component")
+    sub.add_parser("topics", help="create the pipeline's topics (idempotent)")
     train = sub.add_parser("train", help="train a new model version with the Spark batch layer")
     train.add_argument("--horizon-minutes", type=int, default=60)
     demo = sub.add_parser(
@@ -83,6 +88,16 @@ def main(argv: list[str] | None = None) -> int:
             print(stack.kill(args.component, args.which, graceful=args.graceful))
         elif args.command == "restart":
             stack.restart(args.component, args.which)
+        elif args.command == "component":
+            from pipeline.stack.local import LocalStack
+
+            proc = LocalStack(config).foreground(args.component, args.index)
+            os.execvpe(proc.argv[0], proc.argv, proc.env or dict(os.environ))
+        elif args.command == "topics":
+            from pipeline.kafka_topics import ensure_pipeline_topics
+
+            for info in ensure_pipeline_topics(config.kafka).values():
+                print(f"{info.name}: {info.partitions} partitions")
         elif args.command == "train":
             from pipeline.jobs import run_training
 

@@ -197,32 +197,26 @@ class LocalStack(Stack):
             KAFKA, self._java(self.config.kafka.heap_mb, "kafka.Kafka", str(props)), self._base_env()
         )
 
+    def _prepare_kafka(self) -> None:
+        """Write server.properties and format the log dir on first use (KRaft needs a cluster id)."""
+        props = self._kafka_properties()
+        if (self._kafka_dir() / "data" / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        argv = self._java(
+            256, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)
+        )
+        fmt = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if fmt.returncode != 0:
+            raise StackError(f"formatting Kafka storage failed: {fmt.stdout[-800:]} {fmt.stderr[-800:]}")
+
     def _start_kafka(self) -> None:
         proc = self._kafka()
         if proc.is_running():
             return
         k = self.config.kafka
         self._check_ports({"kafka broker": k.bootstrap_port, "kafka controller": k.controller_port})
-        props = self._kafka_properties()
-        if not (self._kafka_dir() / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            fmt = subprocess.run(
-                self._java(
-                    256,
-                    "kafka.tools.StorageTool",
-                    "format",
-                    "--standalone",
-                    "-t",
-                    cluster_id,
-                    "-c",
-                    str(props),
-                ),
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            if fmt.returncode != 0:
-                raise StackError(f"formatting Kafka storage failed: {fmt.stdout[-800:]} {fmt.stderr[-800:]}")
+        self._prepare_kafka()
         proc.start()
         from pipeline.kafka_topics import admin_client, describe_topics
 
@@ -500,6 +494,31 @@ class LocalStack(Stack):
         proc.wait_healthy(
             lambda: _http_json(f"{self.config.api.url}/health", timeout=2) is not None, 60, "the serving API"
         )
+
+    # ------------------------------------------------------------------ foreground (containers)
+    def foreground(self, component: str, index: int = 1) -> ManagedProcess:
+        """The process of one instance, prepared to run in the foreground (one per container).
+
+        docker-compose.yml runs each component through this, so a container runs exactly
+        the command the local backend would, with the same configuration.
+        """
+        check_component(component)
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.config.dump()
+        if component == KAFKA:
+            self._prepare_kafka()
+        if component in SCALABLE:
+            (self.state / "spark" / f"worker-{index}").mkdir(parents=True, exist_ok=True)
+            return self._scalable_proc(component, index)
+        builders: dict[str, Callable[[], ManagedProcess]] = {
+            KAFKA: self._kafka,
+            SPARK_MASTER: self._spark_master,
+            RAY_HEAD: self._ray_head,
+            STREAMING_JOB: self._streaming_job,
+            INFERENCE: self._inference,
+            API: self._api,
+        }
+        return builders[component]()
 
     # ------------------------------------------------------------------ Stack API
     def up(self, components: tuple[str, ...] = COMPONENTS) -> None:
