@@ -146,7 +146,7 @@ def run_demo(base: StackConfig, args: argparse.Namespace) -> int:
         # Loss is accounted over every window; latency only over windows after the warm-up.
         measured = [r for r in rows if r["window_start"] >= measured_from_ms]
         _print_report(
-            result, accounting, measured, features, predictions, deadletter, model, memory.peak_bytes
+            result, accounting, rows, measured, features, predictions, deadletter, model, memory.peak_bytes
         )
         return 0 if accounting.complete and accounting.lost_messages == 0 else 1
     finally:
@@ -154,7 +154,9 @@ def run_demo(base: StackConfig, args: argparse.Namespace) -> int:
             stack.down(purge=False)
 
 
-def _print_report(result, accounting, rows, features, predictions, deadletter, model, peak_bytes) -> None:
+def _print_report(
+    result, accounting, rows, measured, features, predictions, deadletter, model, peak_bytes
+) -> None:
     ledger = result.ledger
     acked = sum(len(v) for k, v in ledger.acked.items() if k.startswith(STATION_PREFIX))
     print("\n== per-stage message counts")
@@ -169,10 +171,9 @@ def _print_report(result, accounting, rows, features, predictions, deadletter, m
     late = f"{result.behind_count} messages sent >100 ms late (max {result.max_behind_ms} ms)"
     rate = f"achieved {result.achieved_rate:.1f} of {result.offered_rate:g} msg/s offered"
     print(f"   open-loop sender: {late}; {rate}")
-    print(
-        f"\n== latency (ms; {len(rows)} windows after the warm-up; nearest-rank percentiles of all samples)"
-    )
-    for stage, values in stage_latencies(rows, ledger).items():
+    scope = f"{len(measured)} windows after the warm-up"
+    print(f"\n== latency (ms; {scope}; nearest-rank percentiles of all samples)")
+    for stage, values in stage_latencies(measured, ledger).items():
         print(f"   {stage:42s} {_fmt(values)}")
     metrics = model.metrics
     print(
@@ -180,4 +181,7 @@ def _print_report(result, accounting, rows, features, predictions, deadletter, m
         f"{metrics.get('holdout_mae_c', float('nan')):.3f} C vs persistence "
         f"{metrics.get('persistence_mae_c', float('nan')):.3f} C"
     )
-    print(f"== peak memory of the stack (sum of process RSS): {peak_bytes / 1e9:.2f} GB")
+    print(
+        f"== peak memory of the stack (sum of its processes' RSS, shared pages counted each time): "
+        f"{peak_bytes / 1e9:.2f} GB"
+    )
