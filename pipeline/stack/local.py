@@ -203,8 +203,16 @@ class LocalStack(Stack):
         if (self._kafka_dir() / "data" / "meta.properties").exists():
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # "--cluster-id=ID", not "-t ID": a random id may begin with "-", which as a separate
+        # argument would be parsed as an unknown option.
         argv = self._java(
-            256, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)
+            256,
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            f"--cluster-id={cluster_id}",
+            "-c",
+            str(props),
         )
         fmt = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         if fmt.returncode != 0:

@@ -1,4 +1,6 @@
-"""The local backend refuses to start with a clear error when Java or the JVM jars are missing."""
+"""Local backend: clear errors for missing Java or jars and bad requests; Kafka storage formatting."""
+
+import uuid
 
 import pytest
 
@@ -31,3 +33,12 @@ def test_scaling_a_fixed_component_is_refused(tmp_path):
         stack.scale("kafka", 3)
     with pytest.raises(StackError, match="count must be >= 0"):
         stack.scale("spark-worker", -1)
+
+
+def test_kafka_storage_formats_with_a_cluster_id_that_starts_with_a_dash(monkeypatch, tmp_path):
+    # base64 of a first byte 0xF8 begins with "-": the id must not be parsed as an option.
+    monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(bytes=b"\xf8" + bytes(15)))
+    stack = LocalStack(load_config(environ={}, overrides={"state_dir": str(tmp_path)}))
+    stack._prepare_kafka()
+    meta = (tmp_path / "kafka" / "data" / "meta.properties").read_text()
+    assert "cluster.id=-" in meta
