@@ -1,6 +1,7 @@
 """Open-loop schedule: intended times, station rotation, lateness reporting."""
 
 import itertools
+import time
 
 import pytest
 
@@ -19,15 +20,13 @@ class RecordingProducer:
         self.send_delay_s = send_delay_s
 
     def send(self, station_id, event_time_ms, values, intended_time_ms=None):
-        import time
-
         time.sleep(self.send_delay_s)
         seq = len(self.ledger.acked[station_id])
         self.sent.append((station_id, seq, event_time_ms, intended_time_ms, values))
         self.ledger.acked[station_id].append(seq)
 
     def poll(self, timeout_s=0):
-        pass
+        time.sleep(timeout_s)  # like Producer.poll with nothing to deliver
 
     def flush(self, timeout_s=0):
         return 0
