@@ -8,9 +8,10 @@ JARS        ?= .state/jars
 STAMP_PY    := $(VENV)/.installed
 STAMP_JARS  := $(JARS)/.fetched
 
-.PHONY: setup run test unit integration lint format clean down
+# `cli` is phony so a moved checkout rewrites its paths.
+.PHONY: cli setup run test unit integration lint format clean down
 
-setup: system-deps $(STAMP_PY) $(STAMP_JARS)
+setup: system-deps $(STAMP_PY) $(STAMP_JARS) cli
 
 # Java 17+ and Maven come with the machine image; install them from Debian if absent.
 system-deps:
@@ -25,6 +26,13 @@ $(STAMP_PY): requirements.txt constraints.txt
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	$(PY) -m pipeline.versions
 	touch $@
+
+# The repository and its plugins folder on the venv's path, and the benchmark_system command.
+cli: $(STAMP_PY)
+	@printf '%s\n%s\n' "$(abspath .)" "$(abspath plugins)" \
+	  > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/weatherbench.pth
+	@printf '#!/bin/sh\nexec "%s" -m weatherbench "$$@"\n' "$(abspath $(PY))" > $(VENV)/bin/benchmark_system
+	@chmod +x $(VENV)/bin/benchmark_system
 
 # JVM dependencies from Maven Central: the Kafka broker and tools, and Spark's Kafka
 # connector (only the jars pyspark does not already ship).
