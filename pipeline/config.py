@@ -38,6 +38,9 @@ class KafkaConfig:
     predictions_topic: str = "weather-predictions"
     deadletter_topic: str = "weather-deadletter"
     progress_topic: str = "weather-spark-progress"
+    # Benchmarks send here, not to raw_topic, so production observations are not mixed
+    # with synthetic load; the streaming job reads both.
+    benchmark_topic: str = "weather-raw-benchmark"
 
     @property
     def bootstrap_servers(self) -> str:
@@ -51,7 +54,13 @@ class KafkaConfig:
             self.predictions_topic,
             self.deadletter_topic,
             self.progress_topic,
+            self.benchmark_topic,
         ]
+
+    @property
+    def input_topics(self) -> list[str]:
+        """The raw topics the streaming job reads: production observations and benchmark load."""
+        return [self.raw_topic, self.benchmark_topic]
 
 
 @dataclass

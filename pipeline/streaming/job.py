@@ -56,7 +56,7 @@ EXIT_NO_TOPIC = 2
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, type=Path, help="stack YAML (pipeline.config)")
-    parser.add_argument("--input-topic", help="raw topic to read (default: kafka.raw_topic)")
+    parser.add_argument("--input-topic", help="raw topic(s) to read, comma separated (default: kafka.raw_topic and kafka.benchmark_topic)")
     parser.add_argument(
         "--checkpoint-dir", type=Path, help="checkpoint root (default: <state_dir>/checkpoints/streaming)"
     )
@@ -250,10 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("py4j").setLevel(logging.WARNING)
     args = parse_args(argv)
     config = load_config(args.config)
-    input_topic = args.input_topic or config.kafka.raw_topic
+    input_topic = args.input_topic or ",".join(config.kafka.input_topics)
     checkpoint_dir = args.checkpoint_dir or config.state_dir / "checkpoints" / "streaming"
     bootstrap = config.kafka.bootstrap_servers
-    topics = [input_topic, config.kafka.features_topic, config.kafka.deadletter_topic]
+    topics = [*input_topic.split(","), config.kafka.features_topic, config.kafka.deadletter_topic]
     try:
         missing = missing_topics(bootstrap, topics)
     except RuntimeError as exc:
