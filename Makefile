@@ -9,15 +9,20 @@ STAMP_PY    := $(VENV)/.installed
 STAMP_JARS  := $(JARS)/.fetched
 
 # `cli` is phony so a moved checkout rewrites its paths.
-.PHONY: cli setup run test unit integration lint format clean down
+.PHONY: cli setup system-deps run test unit integration lint format clean down
 
 setup: system-deps $(STAMP_PY) $(STAMP_JARS) cli
 
 # Java 17+ and Maven come with the machine image; install them from Debian if absent.
+# The PostgreSQL server (initdb, pg_ctl, postgres) is for the results store's integration
+# test, which starts a throwaway cluster; Debian keeps the binaries in /usr/lib/postgresql/*/bin.
 system-deps:
 	@command -v java >/dev/null && command -v mvn >/dev/null || { \
 	  echo "installing Java 17 and Maven from Debian packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven; }
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing the PostgreSQL server from Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
 $(STAMP_PY): requirements.txt constraints.txt
 	@command -v $(PYTHON_BOOT) >/dev/null || { echo "error: $(PYTHON_BOOT) not found (Python 3.11 is required)"; exit 1; }
