@@ -93,6 +93,13 @@ class Stack(abc.ABC):
     def status(self) -> StackStatus:
         """What runs now, per instance."""
 
+    def processes(self) -> dict[str, list[int]]:
+        """Pids of every process of each component (children included), for resource sampling.
+
+        Backends whose components are not host processes return an empty mapping.
+        """
+        return {}
+
     @abc.abstractmethod
     def scale(self, component: str, count: int) -> None:
         """Set the number of instances of a scalable component, while the pipeline runs."""

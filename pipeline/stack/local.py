@@ -663,6 +663,12 @@ class LocalStack(Stack):
             )
         return status
 
+    def processes(self) -> dict[str, list[int]]:
+        pids: dict[str, list[int]] = {}
+        for component, proc in self._all_procs():
+            pids.setdefault(component, []).extend(member.pid for member in proc.members())
+        return pids
+
     def scale(self, component: str, count: int) -> None:
         check_component(component, SCALABLE)
         if count < 0:

@@ -56,7 +56,10 @@ EXIT_NO_TOPIC = 2
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, type=Path, help="stack YAML (pipeline.config)")
-    parser.add_argument("--input-topic", help="raw topic(s) to read, comma separated (default: kafka.raw_topic and kafka.benchmark_topic)")
+    parser.add_argument(
+        "--input-topic",
+        help="raw topic(s) to read, comma separated (default: kafka.raw_topic and kafka.benchmark_topic)",
+    )
     parser.add_argument(
         "--checkpoint-dir", type=Path, help="checkpoint root (default: <state_dir>/checkpoints/streaming)"
     )

@@ -88,6 +88,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 
 from pipeline.config import REPO_ROOT
+from weatherbench.metrics import Metric
 
 URL_ENV = "WB_RESULTS_URL"
 DEFAULT_DB_FILE = REPO_ROOT / ".state" / "results" / "results.db"
@@ -125,16 +126,6 @@ class UnknownRunError(StoreError, KeyError):
     def __str__(self) -> str:
         # KeyError's str() is the repr of its argument; keep the plain message.
         return str(self.args[0])
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One measured value: ``name`` such as "latency.e2e.p95", ``unit`` such as "ms" ("" if none)."""
-
-    name: str
-    value: float
-    unit: str
-    component: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,294 @@
+"""`benchmark_system`: the benchmark guide's section 9 commands against the local stack.
+
+    benchmark_system --test latency --duration 300
+    benchmark_system --test latency --component spark
+    benchmark_system --test throughput --stations 100 --duration 60
+    benchmark_system --test scalability --component spark --workers 1,2,4,8
+    benchmark_system --test scalability --component ray --workers 1,2,4,8
+    benchmark_system --test scalability --load 1,10,50,100
+    benchmark_system --test resources --component kafka
+    benchmark_system --test sustainable
+    benchmark_system --partitions 2,4,8 --stations 50 --rate 50 --duration 120
+    benchmark_system --test brokers --brokers 1,3
+    benchmark_system runs                 # stored runs, newest first
+    benchmark_system show RUN_ID          # one stored run's summary
+
+The workload profile (`--profile quick|full` or `--workload FILE`) gives
+every default; options override it. Progress prints while it runs; results
+go to the results store (`--results-url`, env WB_RESULTS_URL, default a
+SQLite file under .state/results) and to a JSON file. Parameters are checked
+before the stack is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import REPO_ROOT, ConfigError, load_config
+from weatherbench.workloads import TestPlan, WorkloadError, load_workload
+
+DEFAULT_OUTPUT_DIR = REPO_ROOT / "reports" / "results"
+GUIDE_TESTS = ("latency", "throughput", "scalability", "resources", "sustainable", "partitions", "brokers")
+# Stages shown by `--test latency --component X`.
+COMPONENT_STAGES = {
+    "kafka": ("t1_producer", "producer_ack", "t2_kafka_spark", "t4_kafka_ray", "t6_kafka_api"),
+    "spark": ("t2_kafka_spark", "t3_spark", "window_close"),
+    "ray": ("t4_kafka_ray", "t5_inference"),
+    "api": ("t6_kafka_api", "e2e"),
+}
+RESOURCE_COMPONENTS = (
+    "kafka",
+    "spark-master",
+    "spark-worker",
+    "ray-head",
+    "ray-worker",
+    "streaming-job",
+    "inference",
+    "api",
+    "harness",
+)
+
+
+class UsageError(ValueError):
+    """A command-line parameter is invalid; the message names it."""
+
+
+def int_list(option: str, text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(
+            f"{option}: expected comma-separated whole numbers such as 1,2,4,8, got {text!r}"
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"{option}: every value must be >= 1, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="benchmark_system",
+        description="Benchmarks of the weather pipeline (the benchmark guide's section 9).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n")[1],
+    )
+    parser.add_argument("command", nargs="?", choices=("run", "runs", "show"), default="run")
+    parser.add_argument("run_id", nargs="?", help="with `show`: the run to show")
+    parser.add_argument(
+        "--test", choices=GUIDE_TESTS, help="which benchmark (default: partitions if --partitions)"
+    )
+    parser.add_argument(
+        "--component", help="latency: kafka|spark|ray|api; scalability: spark|ray; resources: one component"
+    )
+    parser.add_argument(
+        "--profile", default="quick", help="workload profile under include/workloads (quick, full)"
+    )
+    parser.add_argument("--workload", type=Path, help="a workload file instead of a profile")
+    parser.add_argument("--duration", type=float, help="measured seconds per step, after the warm-up")
+    parser.add_argument(
+        "--warmup", type=float, help="warm-up seconds per step (excluded from latency and lag trend)"
+    )
+    parser.add_argument("--stations", type=int, help="stations (throughput: one step at this many)")
+    parser.add_argument("--rate", type=float, help="offered messages per second, all stations together")
+    parser.add_argument("--workers", help="scalability: worker counts, e.g. 1,2,4,8")
+    parser.add_argument("--load", help="scalability: load steps in stations (= msg/s), e.g. 1,10,50,100")
+    parser.add_argument("--partitions", help="partition counts of the benchmark topic, e.g. 2,4,8")
+    parser.add_argument("--brokers", help="broker counts, 1 and/or 3")
+    parser.add_argument("--repetitions", type=int, help="repetitions of every step")
+    parser.add_argument("--users", type=int, help="Locust users querying the serving API during each step")
+    parser.add_argument("--output", type=Path, help="results JSON file (default reports/results/<run>.json)")
+    parser.add_argument("--results-url", help="results store URL (default env WB_RESULTS_URL or SQLite)")
+    parser.add_argument("--state-dir", type=Path, help="state directory of the benchmark stack")
+    parser.add_argument("--keep-up", action="store_true", help="leave the benchmark stack running afterwards")
+    parser.add_argument(
+        "--broker", help="ignored: the stack's own Kafka is used (kept for the guide's scripts)"
+    )
+    return parser
+
+
+def plan_from_args(args: argparse.Namespace) -> TestPlan:
+    """Turn options into a validated test plan, or raise UsageError/WorkloadError naming the option."""
+    workload = load_workload(args.workload or args.profile)
+    test = args.test or ("partitions" if args.partitions else None)
+    if test is None:
+        raise UsageError("--test: required (one of " + ", ".join(GUIDE_TESTS) + "), or --partitions")
+    overrides: dict[str, Any] = {}
+    for option, key in (("duration", "duration_s"), ("warmup", "warmup_s"), ("repetitions", "repetitions")):
+        value = getattr(args, option)
+        if value is not None:
+            overrides[key] = value
+    if args.users is not None:
+        overrides["users"] = args.users
+    if args.rate is not None:
+        overrides["rate"] = args.rate
+    if args.stations is not None:
+        overrides["stations"] = args.stations
+    if test == "scalability":
+        if args.load:
+            test = "scalability-load"
+            overrides["steps"] = [{"stations": n, "rate": n} for n in int_list("--load", args.load)]
+        elif args.component in ("spark", "ray"):
+            test = f"scalability-{args.component}"
+            if args.workers:
+                key = f"{args.component}_workers"
+                overrides["steps"] = [{key: n} for n in int_list("--workers", args.workers)]
+        else:
+            raise UsageError("--test scalability: give --component spark|ray (with --workers) or --load")
+    elif test == "throughput" and args.stations is not None:
+        # The guide's throughput runs: N stations at one message per station per second.
+        overrides["steps"] = [{"stations": args.stations, "rate": args.rate or float(args.stations)}]
+        overrides.pop("stations")
+        overrides.pop("rate", None)
+    elif test == "partitions" and args.partitions:
+        overrides["steps"] = [{"partitions": n} for n in int_list("--partitions", args.partitions)]
+    elif test == "brokers" and args.brokers:
+        counts = int_list("--brokers", args.brokers)
+        if any(c not in (1, 3) for c in counts):
+            raise UsageError(f"--brokers: the local backend runs 1 or 3 brokers, got {args.brokers!r}")
+        overrides["steps"] = [{"brokers": n} for n in counts]
+    if test == "latency" and args.component and args.component not in COMPONENT_STAGES:
+        raise UsageError(
+            f"--component: latency takes one of {', '.join(COMPONENT_STAGES)}, got {args.component!r}"
+        )
+    if test == "resources" and args.component and args.component not in RESOURCE_COMPONENTS:
+        raise UsageError(
+            f"--component: resources takes one of {', '.join(RESOURCE_COMPONENTS)}, got {args.component!r}"
+        )
+    return workload.plan(test, overrides)
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if unit == "ms":
+        return f"{value / 1000:.2f} s" if abs(value) >= 1000 else f"{value:.1f} ms"
+    return f"{value:,.1f}"
+
+
+def print_summary(summary: dict[str, Any], args: argparse.Namespace, metrics: list[dict[str, Any]]) -> None:
+    steps = summary.get("steps", [])
+    print(f"\n== {summary.get('test')} ({summary.get('profile')} profile)")
+    headline = [
+        ("throughput.offered", "offered msg/s"),
+        ("throughput.achieved", "achieved msg/s"),
+        ("throughput.end_to_end", "served msg/s"),
+        ("latency.e2e.p95", "e2e p95"),
+        ("latency.window_close.p95", "window-close p95"),
+        ("latency.t5_inference.p95", "inference p95"),
+        ("lag.spark.max", "spark lag max"),
+        ("kafka.balance_score", "balance %"),
+    ]
+    header = f"{'step':28s}" + "".join(f"{label:>18s}" for _, label in headline) + "  verdict"
+    print(header)
+    for entry in steps:
+        cells = []
+        for name, _ in headline:
+            metric = entry["metrics"].get(name)
+            text = _fmt(metric["mean"], metric["unit"]) if metric else "n/a"
+            if metric and metric.get("ci95") is not None:
+                text += f" ±{_fmt(metric['ci95'], metric['unit'])}"
+            cells.append(f"{text:>18s}")
+        verdict = {True: "sustained", False: "NOT sustained", None: ""}[entry["sustained"]]
+        if entry.get("bottleneck"):
+            verdict += f" (bottleneck: {entry['bottleneck']})"
+        print(f"{entry['label']:28s}" + "".join(cells) + f"  {verdict}")
+    if summary.get("test") == "partitions" or args.partitions:
+        print("\n== partition distribution (messages per partition; balance 100% = perfectly even)")
+        for entry in steps:
+            counts = entry["partition_counts"]
+            balance = entry["metrics"].get("kafka.balance_score", {}).get("mean")
+            row = "  ".join(f"p{k}={v}" for k, v in counts.items())
+            print(f"   {entry['partitions']:2d} partitions: balance {_fmt(balance)}%   {row}")
+    if "scaling" in summary:
+        print(f"\n== scaling of {summary['scaling_metric']} against ideal linear")
+        for point in summary["scaling"]:
+            print(
+                f"   {point['workers']} workers: {point['throughput']:.1f}  speed-up {point['speedup']:.2f}x"
+                f" (ideal {point['ideal']:.0f}x, efficiency {100 * point['efficiency']:.0f}%)"
+            )
+        print(f"   demand: fewest workers that sustained the load: {summary.get('demand_workers') or 'none'}")
+    if "search" in summary:
+        search = summary["search"]
+        bound = " (lower bound: the highest probe held)" if search["lower_bound_only"] else ""
+        print(f"\n== sustainable throughput: {search['sustainable_rate']} msg/s{bound}")
+    if summary.get("bottleneck"):
+        print(f"== bottleneck tier: {summary['bottleneck']}")
+    if summary.get("note"):
+        print(f"== note: {summary['note']}")
+    component = args.component
+    if args.test == "latency" and component:
+        print(f"\n== {component} latency stages")
+        for stage in COMPONENT_STAGES[component]:
+            values = {
+                m["metric"].rsplit(".", 1)[1]: m["value"]
+                for m in metrics
+                if m["metric"].startswith(f"latency.{stage}.")
+            }
+            if values:
+                cells = "  ".join(
+                    f"{key} {_fmt(values.get(key), 'ms'):>10s}" for key in ("p50", "p95", "p99", "max")
+                )
+                print(f"   {stage:16s} {cells}")
+    if args.test == "resources":
+        print("\n== resources per component (mean / max)")
+        rows = [m for m in metrics if m["metric"].startswith(("resources.cpu.", "resources.rss."))]
+        for name in sorted({m["component"] for m in rows}):
+            if component and name != component:
+                continue
+            get = {m["metric"]: _fmt(m["value"]) for m in rows if m["component"] == name}
+            cpu = f"{get.get('resources.cpu.mean', 'n/a'):>6s} / {get.get('resources.cpu.max', 'n/a'):>6s}"
+            rss = f"{get.get('resources.rss.mean', 'n/a'):>8s} / {get.get('resources.rss.max', 'n/a'):>8s}"
+            print(f"   {name:14s} CPU {cpu} % of a core   RSS {rss} MB")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from weatherbench.store import ResultsStore
+
+    try:
+        if args.command == "runs":
+            store = ResultsStore(args.results_url)
+            for run in store.runs(test=args.test, limit=50):
+                print(f"{run.run_id:40s} {run.test:18s} {run.status:8s} {run.started_at}")
+            return 0
+        if args.command == "show":
+            if not args.run_id:
+                raise UsageError("show: give a RUN_ID (see `benchmark_system runs`)")
+            store = ResultsStore(args.results_url)
+            run = store.get_run(args.run_id)
+            args.test = args.test or run.test.split("-")[0]
+            rows = [
+                {"metric": m.metric, "value": m.value, "component": m.component}
+                for m in store.metrics(run.run_id)
+            ]
+            print_summary(run.summary or {}, args, rows)
+            return 0
+        plan = plan_from_args(args)
+        base = load_config()
+    except (UsageError, WorkloadError, ConfigError) as exc:
+        print(f"benchmark_system: error: {exc}", file=sys.stderr)
+        return 2
+    from weatherbench.experiments import run_test
+
+    store = ResultsStore(args.results_url)
+
+    def progress(message: str) -> None:
+        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+        print(f"[{stamp}] {message}", flush=True)
+
+    out_dir = args.output.parent if args.output else DEFAULT_OUTPUT_DIR
+    result = run_test(plan, base, store, out_dir, progress, keep_up=args.keep_up, state_dir=args.state_dir)
+    if args.output and result.json_path and result.json_path != args.output:
+        result.json_path.replace(args.output)
+        result.json_path = args.output
+        print(f"results: {args.output}")
+    exported = json.loads(result.json_path.read_text()) if result.json_path else {}
+    print_summary(result.summary, args, exported.get("metrics", []))
+    return 0 if result.status == "passed" else 1

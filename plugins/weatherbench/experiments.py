@@ -1,0 +1,266 @@
+"""Experiments: a test plan run step by step and repetition by repetition, stored and summarised.
+
+Each test of the benchmark guide is a sequence of steps (`TestPlan`):
+
+* latency, resources: one step at a steady load;
+* throughput, scalability-load: load steps (stations, rate);
+* scalability-spark / scalability-ray: worker counts at a fixed load, with
+  speed-up against ideal linear scaling, the demand metric (fewest workers
+  that sustain the load) and the bottleneck tier per step;
+* partitions: partition counts of the benchmark topic, Kafka only, with the
+  balance score per step;
+* brokers: 1 broker vs 3 with replication factor 3, Kafka only;
+* sustainable: a rate search for the highest offered rate whose lag trend is
+  flat after the warm-up and whose latency SLOs hold.
+
+Every step outcome goes to the results store (one row per metric per step
+per repetition, plus time series and HDR histograms) with the run manifest;
+the run's summary (per-step means with 95% intervals, scaling table,
+demand, bottleneck, sustainable rate) is stored with the run and returned.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import StackConfig
+from weatherbench.manifest import build_manifest
+from weatherbench.runner import Bench, StepOutcome, bench_config, with_rate
+from weatherbench.stats import RateSearch, fewest_sufficient, mean_ci, scaling_points
+from weatherbench.store import ResultsStore
+from weatherbench.workloads import TestPlan
+
+KAFKA_ONLY = ("partitions", "brokers")
+HEADLINE = (
+    ("throughput.offered", "msg/s"),
+    ("throughput.achieved", "msg/s"),
+    ("throughput.end_to_end", "msg/s"),
+    ("latency.e2e.p95", "ms"),
+    ("latency.window_close.p95", "ms"),
+    ("latency.t5_inference.p95", "ms"),
+    ("latency.t1_producer.p95", "ms"),
+    ("lag.spark.max", "messages"),
+    ("lag.ray.max", "messages"),
+    ("spark.batch_duration.p95", "ms"),
+    ("spark.capacity", "rows/s"),
+    ("ray.capacity", "pred/s"),
+    ("kafka.balance_score", "%"),
+    ("producer.ack_latency.p99", "ms"),
+    ("resources.machine.cpu.mean", "%"),
+)
+SCALED = {
+    "scalability-spark": ("spark_workers", "spark.capacity"),
+    "scalability-ray": ("ray_workers", "ray.capacity"),
+}
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    test: str
+    status: str
+    outcomes: list[StepOutcome] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    json_path: Path | None = None
+
+
+def record_outcome(store: ResultsStore, run_id: str, outcome: StepOutcome) -> None:
+    step, rep = outcome.step, outcome.repetition
+    store.record_metrics(
+        run_id,
+        step.label,
+        step.index,
+        rep,
+        outcome.metrics,
+    )
+    for series in outcome.series:
+        if series.points:
+            store.record_series(run_id, step.label, step.index, rep, series.name, series.unit, series.points)
+    for name, histogram in outcome.histograms.items():
+        if histogram.count:
+            store.record_histogram(
+                run_id,
+                step.label,
+                step.index,
+                rep,
+                f"latency.{name}",
+                "ms",
+                histogram.count,
+                histogram.encode(),
+            )
+
+
+def summarize(plan: TestPlan, outcomes: list[StepOutcome], cores: int) -> dict[str, Any]:
+    by_step: dict[int, list[StepOutcome]] = defaultdict(list)
+    for outcome in outcomes:
+        by_step[outcome.step.index].append(outcome)
+    steps = []
+    for index in sorted(by_step):
+        group = by_step[index]
+        step = group[0].step
+        entry: dict[str, Any] = {
+            "index": index,
+            "label": step.label,
+            "stations": step.load.stations,
+            "rate": step.load.rate,
+            "spark_workers": step.stack.spark_workers,
+            "ray_workers": step.stack.ray_workers,
+            "partitions": step.stack.partitions,
+            "brokers": step.stack.brokers,
+            "repetitions": len(group),
+            "sustained": all(o.sustained for o in group) if group[0].accounting else None,
+            "reasons": sorted({r for o in group for r in o.reasons}),
+            "bottleneck": Counter(o.bottleneck for o in group if o.bottleneck).most_common(1)[0][0]
+            if any(o.bottleneck for o in group)
+            else None,
+            "lost_messages": sum(o.accounting.get("lost_messages", 0) for o in group),
+            "partition_counts": {str(k): v for k, v in sorted(group[0].partition_counts.items())},
+            "metrics": {},
+        }
+        for name, unit in HEADLINE:
+            interval = mean_ci([o.value(name) for o in group])
+            if interval.n:
+                entry["metrics"][name] = {
+                    "mean": interval.mean,
+                    "ci95": None if math.isnan(interval.half_width) else interval.half_width,
+                    "n": interval.n,
+                    "unit": unit,
+                }
+        oversubscribed = step.stack.spark_workers + step.stack.ray_workers > cores
+        entry["oversubscribed"] = oversubscribed
+        steps.append(entry)
+    summary: dict[str, Any] = {"test": plan.test, "profile": plan.profile, "steps": steps}
+    if plan.test in SCALED:
+        knob, capacity = SCALED[plan.test]
+        measured = []
+        for entry in steps:
+            value = entry["metrics"].get(capacity, {}).get("mean")
+            if value is not None and not math.isnan(value):
+                measured.append((entry[knob], value))
+        summary["scaling"] = [vars(p) for p in scaling_points(measured)]
+        summary["scaling_metric"] = capacity
+        summary["demand_workers"] = fewest_sufficient({e[knob]: bool(e["sustained"]) for e in steps})
+    bottlenecks = [e["bottleneck"] for e in steps if e["bottleneck"]]
+    summary["bottleneck"] = bottlenecks[-1] if bottlenecks else None  # the heaviest step's
+    if any(e["oversubscribed"] for e in steps):
+        summary["note"] = (
+            f"some steps run more Spark and Ray workers than the machine's {cores} cores: "
+            "they oversubscribe the CPU, so their scaling is bounded by the machine, not the pipeline"
+        )
+    return summary
+
+
+def run_test(
+    plan: TestPlan,
+    base: StackConfig,
+    store: ResultsStore,
+    out_dir: Path,
+    progress: Callable[[str], None] = print,
+    keep_up: bool = False,
+    state_dir: Path | None = None,
+) -> RunResult:
+    """Run a test plan end to end against the local stack; always stores what it measured."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    first = plan.steps[0].stack
+    config = bench_config(base, first, state_dir)
+    manifest = build_manifest(config, plan.to_dict())
+    run_id = store.start_run(plan.test, plan.profile, plan.to_dict(), manifest)
+    progress(
+        f"run {run_id}: {plan.test} ({plan.profile} profile, {len(plan.steps)} step(s) x {plan.repetitions})"
+    )
+    result = RunResult(run_id=run_id, test=plan.test, status="error")
+    bench = Bench(base, first, out_dir / run_id, progress, state_dir)
+    cores = int(
+        manifest.get("machine", {}).get("usable_cores") or manifest.get("machine", {}).get("cores") or 1
+    )
+    try:
+        if plan.test == "brokers":
+            result.outcomes = _run_brokers(plan, bench, store, run_id, progress)
+        elif plan.test in KAFKA_ONLY:
+            bench.up(("kafka",))
+            for step in plan.steps:
+                bench.set_benchmark_partitions(step.stack.partitions)
+                for repetition in range(plan.repetitions):
+                    outcome = bench.run_step(plan, step, repetition, pipeline=False)
+                    record_outcome(store, run_id, outcome)
+                    result.outcomes.append(outcome)
+        else:
+            bench.up()
+            if plan.test == "sustainable":
+                result.outcomes = _run_search(plan, bench, store, run_id, progress)
+            else:
+                for step in plan.steps:
+                    bench.shape_stack(step.stack)
+                    for repetition in range(plan.repetitions):
+                        outcome = bench.run_step(plan, step, repetition)
+                        record_outcome(store, run_id, outcome)
+                        result.outcomes.append(outcome)
+        result.summary = summarize(plan, result.outcomes, cores)
+        if plan.test == "sustainable":
+            result.summary["search"] = _search_summary(result.outcomes)
+        failed = [o for o in result.outcomes if o.accounting and o.accounting.get("lost_messages", 0) > 0]
+        result.status = "failed" if failed else "passed"
+        return result
+    except BaseException as exc:
+        result.summary = {"error": f"{type(exc).__name__}: {exc}"}
+        raise
+    finally:
+        store.finish_run(run_id, result.status, result.summary)
+        result.json_path = out_dir / f"{run_id}.json"
+        result.json_path.write_text(json.dumps(store.export_run(run_id), indent=2, default=str))
+        progress(f"results: {result.json_path} (store {store.url})")
+        if not keep_up:
+            bench.stack.down()
+
+
+def _run_search(
+    plan: TestPlan, bench: Bench, store: ResultsStore, run_id: str, progress
+) -> list[StepOutcome]:
+    assert plan.search is not None
+    base_step = plan.steps[0]
+    bench.shape_stack(base_step.stack)
+    search = RateSearch(plan.search.low, plan.search.high, plan.search.max_steps, plan.search.resolution)
+    outcomes = []
+    while (rate := search.next_rate()) is not None:
+        step = replace(with_rate(base_step, round(rate, 2)), index=len(outcomes))
+        outcome = bench.run_step(plan, step, 0)
+        record_outcome(store, run_id, outcome)
+        outcomes.append(outcome)
+        search.record(step.load.rate, outcome.sustained)
+        progress(f"   rate {step.load.rate:g} msg/s: {'held' if outcome.sustained else 'did not hold'}")
+    return outcomes
+
+
+def _search_summary(outcomes: list[StepOutcome]) -> dict[str, Any]:
+    held = [o.step.load.rate for o in outcomes if o.sustained]
+    failed = [o.step.load.rate for o in outcomes if not o.sustained]
+    return {
+        "sustainable_rate": max(held) if held else None,
+        "lowest_failed_rate": min(failed) if failed else None,
+        "lower_bound_only": bool(held) and not failed,
+        "probes": [
+            {"rate": o.step.load.rate, "sustained": o.sustained, "reasons": o.reasons} for o in outcomes
+        ],
+    }
+
+
+def _run_brokers(
+    plan: TestPlan, bench: Bench, store: ResultsStore, run_id: str, progress
+) -> list[StepOutcome]:
+    """Kafka only: each broker count is its own cluster (the KRaft quorum is formatted for it)."""
+    outcomes = []
+    for step in plan.steps:
+        progress(f"Kafka with {step.stack.brokers} broker(s)")
+        bench.reconfigure_brokers(step.stack.brokers)
+        bench.set_benchmark_partitions(step.stack.partitions)
+        for repetition in range(plan.repetitions):
+            outcome = bench.run_step(plan, step, repetition, pipeline=False)
+            record_outcome(store, run_id, outcome)
+            outcomes.append(outcome)
+    return outcomes

@@ -1,0 +1,499 @@
+"""One benchmark step on the real pipeline: shape the stack, load it, measure, account, verdict.
+
+`Bench` owns a benchmark session against one stack (its own state dir, so
+checkpoints and API rows never mix with a production run). For each step
+it:
+
+1. shapes the stack as the step asks (Spark workers, Ray worker nodes,
+   partitions of the benchmark topic), restarting the streaming job on a
+   fresh checkpoint only when the window settings change;
+2. starts the collectors (resources, Kafka throughput and lag, Spark, Ray,
+   optional Locust load on the serving API);
+3. runs open-loop load on `weather-raw-benchmark` with stations named by a
+   prefix unique to the step and repetition, then closes the last windows;
+4. waits until the serving API holds every window, or the drain timeout;
+5. turns what it saw into metrics: stage latency histograms over windows
+   after the warm-up, offered vs achieved throughput, producer metrics,
+   lag trends, loss/duplicate accounting, Spark/Ray/resource metrics, a
+   sustainability verdict against the SLOs and the named bottleneck tier.
+
+Definitions are in the README's measurement section.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.accounting import Accounting, account, expected_windows, fetch_predictions, stage_latencies
+from pipeline.config import StackConfig, load_config
+from pipeline.kafka_topics import APPEND_TIME, admin_client, describe_topics, ensure_topic, set_partitions
+from pipeline.producer.loadgen import LoadResult, LoadSpec, close_windows, run_open_loop
+from pipeline.producer.observations import ObservationSource, make_source
+from pipeline.producer.producer import WeatherProducer
+from pipeline.stack import get_stack
+from pipeline.stack.base import RAY_WORKER, SPARK_WORKER, STREAMING_JOB, Stack
+from weatherbench.collectors.base import Collector
+from weatherbench.collectors.kafka import KafkaFlowCollector, clock_sanity, topic_metrics
+from weatherbench.collectors.ray import RayCollector
+from weatherbench.collectors.resources import ResourceSampler
+from weatherbench.collectors.spark import SparkCollector
+from weatherbench.metrics import Metric, Series
+from weatherbench.stats import LatencyHistogram, lag_trend, name_bottleneck, percentile_key
+from weatherbench.workloads import LoadSettings, Slo, StackShape, Step, TestPlan
+
+log = logging.getLogger(__name__)
+
+CLOCK_TOPIC = "weather-bench-clock"
+# A sender more than this share of messages late (> 100 ms) cannot offer the rate: the
+# generator, not the system, is then the limit, and the step says so.
+SENDER_BEHIND_LIMIT = 0.01
+STAGE_NAMES = {  # accounting's stage labels -> metric names
+    "T1 ingestion->kafka append": "t1_producer",
+    "producer ack (send->ack)": "producer_ack",
+    "T2 kafka->spark batch (max in window)": "t2_kafka_spark",
+    "T3 spark batch->features in kafka": "t3_spark",
+    "T4 features in kafka->ray start": "t4_kafka_ray",
+    "T5 ray inference": "t5_inference",
+    "T6 prediction in kafka->api": "t6_kafka_api",
+    "window end->api (window close)": "window_close",
+    "latest ingestion->api (end to end)": "e2e",
+}
+
+
+def bench_config(base: StackConfig, shape: StackShape, state_dir: Path | None = None) -> StackConfig:
+    """The stack configuration a benchmark runs with: base ports and sizes, the step's shape."""
+    overrides: dict[str, Any] = {
+        "state_dir": str(state_dir or base.state_dir / "bench"),
+        "spark": {
+            "window": shape.window,
+            "watermark": shape.watermark,
+            "trigger": shape.trigger,
+            "workers": shape.spark_workers,
+        },
+        "ray": {"workers": shape.ray_workers},
+    }
+    base_dict = base.to_dict()
+    for section in ("kafka", "spark", "ray", "inference", "api", "model"):
+        merged = dict(base_dict[section])
+        merged.update(overrides.get(section, {}))
+        overrides[section] = merged
+    return load_config(overrides=overrides, environ={})
+
+
+class PaddedSource:
+    """Observations padded with a `pad` field so each encoded message is about `target_bytes`."""
+
+    ENVELOPE_BYTES = 260  # ids, trace stamps and weather fields of an encoded observation
+
+    def __init__(self, inner: ObservationSource, target_bytes: int) -> None:
+        self.inner = inner
+        self.name = f"{inner.name}+pad{target_bytes}"
+        self.pad = "x" * max(0, target_bytes - self.ENVELOPE_BYTES)
+
+    def observe(self, station_id: str, event_time_ms: int) -> dict[str, Any]:
+        return {**self.inner.observe(station_id, event_time_ms), "pad": self.pad}
+
+
+@dataclass
+class StepOutcome:
+    """Everything one step of one repetition measured."""
+
+    step: Step
+    repetition: int
+    station_prefix: str
+    metrics: list[Metric] = field(default_factory=list)
+    series: list[Series] = field(default_factory=list)
+    histograms: dict[str, LatencyHistogram] = field(default_factory=dict)
+    sustained: bool = False
+    reasons: list[str] = field(default_factory=list)  # why not sustained
+    bottleneck: str | None = None
+    bottleneck_reasons: list[str] = field(default_factory=list)
+    accounting: dict[str, Any] = field(default_factory=dict)
+    partition_counts: dict[int, int] = field(default_factory=dict)
+
+    def value(self, name: str, component: str | None = None) -> float:
+        for metric in self.metrics:
+            if metric.name == name and (component is None or metric.component == component):
+                return metric.value
+        return float("nan")
+
+
+def _latency_metrics(histograms: dict[str, LatencyHistogram]) -> list[Metric]:
+    result = []
+    for name, histogram in histograms.items():
+        summary = histogram.summary()
+        for key in (
+            "count",
+            "min",
+            "mean",
+            *(percentile_key(q) for q in (50, 95, 99, 99.9)),
+            "max",
+            "negative",
+        ):
+            unit = "samples" if key in ("count", "negative") else "ms"
+            result.append(Metric(f"latency.{name}.{key}", summary[key], unit))
+    return result
+
+
+def _producer_metrics(result: LoadResult, prefix: str, seconds: float) -> list[Metric]:
+    ledger = result.ledger
+    acked = sum(len(v) for k, v in ledger.acked.items() if k.startswith(prefix))
+    attempted = result.sent
+    ack = LatencyHistogram().record_all(ledger.ack_latency_ms).summary()
+    metrics = [
+        Metric("producer.sent", float(attempted), "messages", "producer"),
+        Metric("producer.acked", float(acked), "messages", "producer"),
+        Metric("producer.failed", float(len(ledger.failed)), "messages", "producer"),
+        Metric(
+            "producer.error_rate",
+            100.0 * len(ledger.failed) / attempted if attempted else 0.0,
+            "%",
+            "producer",
+        ),
+        Metric("producer.ack_latency.p50", ack["p50"], "ms", "producer"),
+        Metric("producer.ack_latency.p99", ack["p99"], "ms", "producer"),
+        Metric(
+            "producer.message_size.mean",
+            ledger.bytes_sent / acked if acked else float("nan"),
+            "bytes",
+            "producer",
+        ),
+        Metric("producer.behind", float(result.behind_count), "messages", "producer"),
+        Metric("producer.max_behind", float(result.max_behind_ms), "ms", "producer"),
+        Metric("throughput.offered", result.offered_rate, "msg/s", "producer"),
+        Metric("throughput.achieved", result.achieved_rate, "msg/s", "producer"),
+    ]
+    for partition, count in sorted(ledger.per_partition.items()):
+        metrics.append(Metric("producer.partition_rate", count / seconds, "msg/s", f"partition-{partition}"))
+    return metrics
+
+
+def sustainability(
+    outcome: StepOutcome, load: LoadSettings, slo: Slo, load_seconds: float, accounting: Accounting
+) -> tuple[bool, list[str], dict[str, list[str]]]:
+    """Whether the step sustained its offered load, why not, and each tier's saturation signals."""
+    reasons: list[str] = []
+    signals: dict[str, list[str]] = {tier: [] for tier in ("producer", "kafka", "spark", "ray", "api", "cpu")}
+    tolerance = slo.lag_slope_fraction * load.rate
+    for series in outcome.series:
+        stage = series.name.removeprefix("lag.")
+        if not series.name.startswith("lag.") or "partition" in series.name:
+            continue
+        window = [(t, v) for t, v in series.points if load.warmup_s <= t <= load_seconds]
+        trend = lag_trend(window)
+        outcome.metrics.append(Metric(f"lag.{stage}.slope", trend.slope, "msg/s", stage))
+        if trend.points >= 3 and not trend.is_flat(tolerance):
+            text = f"{stage} lag grows {trend.slope:.1f} msg/s (95% CI {trend.low:.1f}..{trend.high:.1f})"
+            signals["ray" if stage == "ray" else stage].append(text)
+            reasons.append(text)
+    sent = outcome.value("producer.sent")
+    behind = outcome.value("producer.behind")
+    if sent and behind / sent > SENDER_BEHIND_LIMIT:
+        text = f"the load generator sent {behind:.0f} of {sent:.0f} messages over 100 ms late"
+        signals["producer"].append(text)
+        reasons.append(text)
+    ack_p99 = outcome.value("producer.ack_latency.p99")
+    if ack_p99 > slo.producer_p95_ms * 5:
+        signals["kafka"].append(f"producer ack p99 {ack_p99:.0f} ms")
+    if outcome.value("producer.failed") > 0:
+        signals["kafka"].append(f"{outcome.value('producer.failed'):.0f} sends failed")
+        reasons.append("sends failed")
+    if outcome.value("spark.batches_over_interval") > 0.5 * max(1.0, outcome.value("spark.batches")):
+        signals["spark"].append("most micro-batches took longer than the trigger interval")
+    if outcome.value("lag.spark.max") > slo.spark_lag_max:
+        signals["spark"].append(
+            f"spark lag reached {outcome.value('lag.spark.max'):.0f} > {slo.spark_lag_max:.0f}"
+        )
+    if outcome.value("lag.ray.max") > slo.ray_lag_max:
+        signals["ray"].append(f"ray lag reached {outcome.value('lag.ray.max'):.0f} > {slo.ray_lag_max:.0f}")
+    if outcome.value("resources.machine.cpu.mean") > 90:
+        signals["cpu"].append(f"machine CPU {outcome.value('resources.machine.cpu.mean'):.0f}% on average")
+    e2e = outcome.value("latency.e2e.p95")
+    if e2e > slo.e2e_p95_ms:
+        reasons.append(f"end-to-end p95 {e2e / 1000:.1f} s > SLO {slo.e2e_p95_ms / 1000:.0f} s")
+    close = outcome.value("latency.window_close.p95")
+    if close > slo.window_close_p95_ms:
+        reasons.append(f"window-close p95 {close / 1000:.1f} s > SLO {slo.window_close_p95_ms / 1000:.0f} s")
+    if not accounting.complete:
+        reasons.append(
+            f"{accounting.lost_messages} messages not served ({len(accounting.missing_windows)} windows "
+            f"missing, {len(accounting.short_windows)} short) within the drain timeout"
+        )
+    return not reasons, reasons, signals
+
+
+class Bench:
+    """A benchmark session against one stack."""
+
+    def __init__(
+        self,
+        base: StackConfig,
+        shape: StackShape,
+        out_dir: Path,
+        progress: Callable[[str], None] = print,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.base = base
+        self.config = bench_config(base, shape, state_dir)
+        self.stack: Stack = get_stack(self.config)
+        self.out_dir = out_dir
+        self.progress = progress
+        self.tag = uuid.uuid4().hex[:6]
+        self.shape = shape
+
+    # ------------------------------------------------------------------ stack shaping
+    def _copy_model(self) -> None:
+        """Reuse the batch layer's model of the base stack, if any, instead of training again."""
+        target = self.config.model_dir
+        source = self.base.model_dir
+        if (target / "CURRENT").exists() or not (source / "CURRENT").exists():
+            return
+        shutil.copytree(source, target, dirs_exist_ok=True)
+
+    def up(self, components: tuple[str, ...] | None = None) -> None:
+        """Bring the benchmark stack up in the session's shape (window settings changed: fresh checkpoint)."""
+        previous = (
+            load_config(self.config.stack_file, environ={}) if self.config.stack_file.exists() else None
+        )
+        streaming = ("window", "watermark", "trigger")
+        if previous is not None and any(
+            getattr(previous.spark, key) != getattr(self.config.spark, key) for key in streaming
+        ):
+            self.progress("window settings changed: restarting the pipeline on a fresh checkpoint")
+            self.stack.down()
+            shutil.rmtree(self.config.state_dir / "checkpoints", ignore_errors=True)
+        self._copy_model()
+        began = time.monotonic()
+        if components is None:
+            self.stack.up()
+        else:
+            self.stack.up(components)
+        self.progress(f"stack up in {time.monotonic() - began:.0f} s (state in {self.config.state_dir})")
+
+    def shape_stack(self, shape: StackShape) -> None:
+        status = self.stack.status()
+        if status.running(SPARK_WORKER) != shape.spark_workers:
+            self.progress(f"scaling Spark workers to {shape.spark_workers}")
+            self.stack.scale(SPARK_WORKER, shape.spark_workers)
+        if status.running(RAY_WORKER) != shape.ray_workers:
+            self.progress(f"scaling Ray worker nodes to {shape.ray_workers}")
+            self.stack.scale(RAY_WORKER, shape.ray_workers)
+        self.set_benchmark_partitions(shape.partitions)
+
+    def set_benchmark_partitions(self, partitions: int) -> None:
+        """Grow the benchmark topic in place; shrinking recreates it (refused under a streaming job)."""
+        admin = admin_client(self.config.kafka.bootstrap_servers)
+        topic = self.config.kafka.benchmark_topic
+        current = describe_topics(admin).get(topic)
+        retention = {"retention.ms": str(self.config.kafka.retention_hours * 3_600_000)}
+        if current is None:
+            ensure_topic(admin, topic, partitions, config={**APPEND_TIME, **retention})
+        elif current.partitions < partitions:
+            self.progress(f"growing {topic} from {current.partitions} to {partitions} partitions")
+            set_partitions(admin, topic, partitions)
+        elif current.partitions > partitions:
+            if self.stack.status().running(STREAMING_JOB):
+                raise ValueError(
+                    f"partitions: {topic} has {current.partitions} partitions and Kafka cannot shrink a "
+                    "topic; recreating it under the running streaming job would break its checkpoint. "
+                    "Run partition steps in ascending order, or with only Kafka up."
+                )
+            from pipeline.kafka_topics import delete_topics
+
+            self.progress(f"recreating {topic} with {partitions} partitions")
+            delete_topics(admin, [topic])
+            ensure_topic(admin, topic, partitions, config={**APPEND_TIME, **retention})
+
+    # ------------------------------------------------------------------ one step
+    def collectors(self, step: Step, pipeline: bool) -> list[Collector]:
+        config = self.config
+        logs = config.state_dir / "logs"
+        result: list[Collector] = [
+            ResourceSampler(
+                self.stack.processes,
+                {
+                    "kafka": config.state_dir / "kafka",
+                    "checkpoints": config.state_dir / "checkpoints",
+                    "models": config.model_dir,
+                },
+            )
+        ]
+        topics = {"raw": config.kafka.benchmark_topic}
+        groups: dict[str, tuple[str, str]] = {}
+        if pipeline:
+            topics |= {"features": config.kafka.features_topic, "predictions": config.kafka.predictions_topic}
+            groups = {
+                "ray": (config.inference.consumer_group, config.kafka.features_topic),
+                "api": (config.api.consumer_group, config.kafka.predictions_topic),
+            }
+        result.append(
+            KafkaFlowCollector(
+                config.kafka.bootstrap_servers,
+                topics,
+                config.kafka.input_topics if pipeline else [],
+                groups,
+                logs / "spark-progress.jsonl",
+            )
+        )
+        if pipeline:
+            result.append(
+                SparkCollector(
+                    logs / "spark-progress.jsonl",
+                    f"http://127.0.0.1:{config.spark.driver_ui_port}",
+                    config.state_dir / "checkpoints",
+                    step.stack.trigger_ms,
+                )
+            )
+            dashboard = (
+                f"http://127.0.0.1:{config.ray.dashboard_port}" if config.ray.include_dashboard else None
+            )
+            result.append(RayCollector(logs / "inference-stats.jsonl", dashboard))
+        return result
+
+    def run_step(
+        self,
+        plan: TestPlan,
+        step: Step,
+        repetition: int,
+        pipeline: bool = True,
+        extra: list[Collector] | None = None,
+    ) -> StepOutcome:
+        """Run one step; `pipeline=False` measures Kafka only (partition and broker tests)."""
+        load = step.load
+        prefix = f"{load.station_prefix}{self.tag}s{step.index}r{repetition}"
+        outcome = StepOutcome(step=step, repetition=repetition, station_prefix=prefix)
+        spec = LoadSpec(
+            stations=load.stations, rate=load.rate, duration_s=load.total_s, station_prefix=prefix
+        )
+        source: Any = make_source(load.source)
+        if load.message_bytes:
+            source = PaddedSource(source, load.message_bytes)
+        collectors = self.collectors(step, pipeline) + list(extra or [])
+        producer = WeatherProducer(self.config.kafka.bootstrap_servers, self.config.kafka.benchmark_topic)
+        self.progress(
+            f"step {step.index} [{step.label}] repetition {repetition}: {load.stations} stations, "
+            f"{load.rate:g} msg/s for {load.total_s:g} s ({load.warmup_s:g} s warm-up)"
+        )
+        outcome.metrics += self.clock_check()
+        for collector in collectors:
+            collector.start()
+        try:
+            result = run_open_loop(
+                producer,
+                source,
+                spec,
+                on_progress=lambda sent, total: self.progress(f"   sent {sent}/{total}"),
+            )
+            load_seconds = (result.end_ms - result.start_ms) / 1000
+            accounting = None
+            if pipeline:
+                close_windows(
+                    producer,
+                    make_source(load.source),
+                    result.last_event_ms,
+                    step.stack.window_ms,
+                    step.stack.watermark_ms,
+                )
+                expected = expected_windows(result.ledger, step.stack.window_ms, prefix + "-")
+                rows = self._drain(expected, prefix + "-", plan.drain_timeout_s)
+                accounting = account(expected, rows)
+        finally:
+            for collector in collectors:
+                collector.stop()
+            producer.flush(10)
+        measured_from = result.start_ms + int(load.warmup_s * 1000)
+        for collector in collectors:
+            outcome.metrics += collector.metrics()
+            outcome.series += collector.series()
+        outcome.metrics += _producer_metrics(result, prefix, max(1e-3, load_seconds))
+        outcome.partition_counts = dict(result.ledger.per_partition)
+        samples = stage_latencies([], result.ledger)
+        if pipeline and accounting is not None:
+            after_warmup = [r for r in rows if int(r["window_start"]) >= measured_from]
+            samples = stage_latencies(after_warmup, result.ledger)
+            outcome.accounting = accounting.summary()
+            outcome.metrics += [
+                Metric(f"accounting.{key}", float(value), "messages" if "messages" in key else "windows")
+                for key, value in outcome.accounting.items()
+            ]
+            served_rate = accounting.served_messages / max(1e-3, load_seconds)
+            outcome.metrics.append(Metric("throughput.end_to_end", served_rate, "msg/s"))
+            outcome.metrics.append(Metric("latency.windows_measured", float(len(after_warmup)), "windows"))
+        outcome.histograms = {
+            STAGE_NAMES.get(name, name): LatencyHistogram().record_all(values)
+            for name, values in samples.items()
+        }
+        outcome.metrics += _latency_metrics(outcome.histograms)
+        outcome.metrics.append(Metric("load.warmup", load.warmup_s, "s"))
+        outcome.metrics.append(Metric("load.seconds", load_seconds, "s"))
+        admin = admin_client(self.config.kafka.bootstrap_servers)
+        topics = [self.config.kafka.benchmark_topic]
+        if pipeline:
+            topics += [self.config.kafka.features_topic, self.config.kafka.predictions_topic]
+        outcome.metrics += topic_metrics(admin, topics, self.config.state_dir / "kafka")
+        from weatherbench.stats import balance_score
+
+        outcome.metrics.append(
+            Metric("kafka.balance_score", balance_score(outcome.partition_counts), "%", "kafka")
+        )
+        if pipeline and accounting is not None:
+            outcome.sustained, outcome.reasons, signals = sustainability(
+                outcome, load, plan.slo, load_seconds, accounting
+            )
+            outcome.bottleneck, outcome.bottleneck_reasons = name_bottleneck(signals)
+            outcome.metrics.append(Metric("verdict.sustained", 1.0 if outcome.sustained else 0.0, "bool"))
+        self.progress(self.describe(outcome))
+        return outcome
+
+    def _drain(self, expected: dict, prefix: str, timeout_s: float) -> list[dict]:
+        """Poll the API until every expected window is served in full, or the timeout passes."""
+        deadline = time.monotonic() + timeout_s
+        rows: list[dict] = []
+        reported = time.monotonic()
+        while time.monotonic() < deadline:
+            rows = fetch_predictions(self.config.api.url, station_prefix=prefix)
+            state = account(expected, rows)
+            if state.complete:
+                return rows
+            if time.monotonic() - reported > 10:
+                self.progress(f"   draining: {state.served_windows}/{state.expected_windows} windows served")
+                reported = time.monotonic()
+            time.sleep(1)
+        return rows
+
+    def clock_check(self) -> list[Metric]:
+        admin = admin_client(self.config.kafka.bootstrap_servers)
+        ensure_topic(admin, CLOCK_TOPIC, 1, config=dict(APPEND_TIME))
+        return clock_sanity(self.config.kafka.bootstrap_servers, CLOCK_TOPIC).metrics()
+
+    @staticmethod
+    def describe(outcome: StepOutcome) -> str:
+        def ms(name: str) -> str:
+            value = outcome.value(name)
+            return "n/a" if value != value else f"{value / 1000:.1f}s"
+
+        achieved, offered = outcome.value("throughput.achieved"), outcome.value("throughput.offered")
+        parts = [f"   achieved {achieved:.1f}/{offered:g} msg/s"]
+        if outcome.accounting:
+            parts += [
+                f"e2e p95 {ms('latency.e2e.p95')}",
+                f"window-close p95 {ms('latency.window_close.p95')}",
+                f"lost {outcome.accounting['lost_messages']}",
+                "sustained" if outcome.sustained else "NOT sustained: " + "; ".join(outcome.reasons),
+            ]
+            if outcome.bottleneck:
+                parts.append(f"bottleneck {outcome.bottleneck}")
+        else:
+            parts.append(f"balance {outcome.value('kafka.balance_score'):.1f}%")
+        return ", ".join(parts)
+
+
+def with_rate(step: Step, rate: float) -> Step:
+    return replace(step, load=replace(step.load, rate=rate), label=f"rate={rate:g}")
