@@ -218,6 +218,16 @@ def print_summary(summary: dict[str, Any], args: argparse.Namespace, metrics: li
         search = summary["search"]
         bound = " (lower bound: the highest probe held)" if search["lower_bound_only"] else ""
         print(f"\n== sustainable throughput: {search['sustainable_rate']} msg/s{bound}")
+    for pair in summary.get("api_load_impact", []):
+        print(
+            f"\n== serving-API query load ({pair['users']} Locust users, {_fmt(pair['api_rps'])} req/s, "
+            f"p95 {_fmt(pair['api_p95_ms'], 'ms')}, errors {_fmt(pair['api_error_rate'])}%) on step "
+            f"{pair['step']}: without -> with"
+        )
+        for name in ("latency.e2e.p95", "latency.t6_kafka_api.p95", "throughput.end_to_end", "lag.api.max"):
+            unit = "ms" if name.startswith("latency") else ""
+            without, with_load = pair[f"{name} without"], pair[f"{name} with"]
+            print(f"   {name:28s} {_fmt(without, unit):>10s} -> {_fmt(with_load, unit):>10s}")
     if summary.get("bottleneck"):
         print(f"== bottleneck tier: {summary['bottleneck']}")
     if summary.get("note"):

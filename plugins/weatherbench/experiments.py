@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import StackConfig
+from pipeline.stack.base import KAFKA, STREAMING_JOB
 from weatherbench.manifest import build_manifest
 from weatherbench.runner import Bench, StepOutcome, bench_config, with_rate
 from weatherbench.stats import RateSearch, fewest_sufficient, mean_ci, scaling_points
 from weatherbench.store import ResultsStore
-from weatherbench.workloads import TestPlan
+from weatherbench.workloads import Step, TestPlan
 
-KAFKA_ONLY = ("partitions", "brokers")
 HEADLINE = (
     ("throughput.offered", "msg/s"),
     ("throughput.achieved", "msg/s"),
@@ -182,12 +182,16 @@ def run_test(
     try:
         if plan.test == "brokers":
             result.outcomes = _run_brokers(plan, bench, store, run_id, progress)
-        elif plan.test in KAFKA_ONLY:
-            bench.up(("kafka",))
+        elif plan.test == "partitions":
+            # With the pipeline running, the steps also measure Spark on the grown topic (steps must
+            # then ascend: Kafka cannot shrink a topic); otherwise only Kafka is started and measured.
+            pipeline = bench.stack.status().running(STREAMING_JOB) > 0
+            if not pipeline:
+                bench.up((KAFKA,))
             for step in plan.steps:
                 bench.set_benchmark_partitions(step.stack.partitions)
                 for repetition in range(plan.repetitions):
-                    outcome = bench.run_step(plan, step, repetition, pipeline=False)
+                    outcome = bench.run_step(plan, step, repetition, pipeline=pipeline)
                     record_outcome(store, run_id, outcome)
                     result.outcomes.append(outcome)
         else:
@@ -195,13 +199,15 @@ def run_test(
             if plan.test == "sustainable":
                 result.outcomes = _run_search(plan, bench, store, run_id, progress)
             else:
-                for step in plan.steps:
+                for step, users in with_api_load(plan):
                     bench.shape_stack(step.stack)
                     for repetition in range(plan.repetitions):
-                        outcome = bench.run_step(plan, step, repetition)
+                        outcome = bench.run_step(plan, step, repetition, api_users=users)
                         record_outcome(store, run_id, outcome)
                         result.outcomes.append(outcome)
         result.summary = summarize(plan, result.outcomes, cores)
+        if plan.api_load.users:
+            result.summary["api_load_impact"] = api_load_impact(result.outcomes)
         if plan.test == "sustainable":
             result.summary["search"] = _search_summary(result.outcomes)
         failed = [o for o in result.outcomes if o.accounting and o.accounting.get("lost_messages", 0) > 0]
@@ -217,6 +223,49 @@ def run_test(
         progress(f"results: {result.json_path} (store {store.url})")
         if not keep_up:
             bench.stack.down()
+
+
+def with_api_load(plan: TestPlan) -> list[tuple[Step, int]]:
+    """Each step, and with Locust users configured, each step again under API query load.
+
+    Running the same step without and with query load answers whether serving
+    queries slows ingestion; the pair is adjacent so the machine's state is alike.
+    """
+    users = plan.api_load.users
+    if not users:
+        return [(step, 0) for step in plan.steps]
+    expanded: list[tuple[Step, int]] = []
+    for step in plan.steps:
+        expanded.append((replace(step, index=len(expanded)), 0))
+        expanded.append((replace(step, index=len(expanded), label=f"{step.label}+api{users}"), users))
+    return expanded
+
+
+def api_load_impact(outcomes: list[StepOutcome]) -> list[dict[str, Any]]:
+    """For each step run without and with API load: the headline numbers side by side."""
+    names = ("latency.e2e.p95", "latency.t6_kafka_api.p95", "throughput.end_to_end", "lag.api.max")
+    pairs = []
+    quiet = [o for o in outcomes if not o.api_users]
+    for loaded in (o for o in outcomes if o.api_users):
+        base_label = loaded.step.label.rsplit("+api", 1)[0]
+        twin = next(
+            (q for q in quiet if q.step.label == base_label and q.repetition == loaded.repetition), None
+        )
+        if twin is None:
+            continue
+        pairs.append(
+            {
+                "step": base_label,
+                "repetition": loaded.repetition,
+                "users": loaded.api_users,
+                "api_rps": loaded.value("api_load.rps"),
+                "api_p95_ms": loaded.value("api_load.p95"),
+                "api_error_rate": loaded.value("api_load.error_rate"),
+                **{f"{name} without": twin.value(name) for name in names},
+                **{f"{name} with": loaded.value(name) for name in names},
+            }
+        )
+    return pairs
 
 
 def _run_search(

@@ -39,6 +39,7 @@ from pipeline.producer.observations import ObservationSource, make_source
 from pipeline.producer.producer import WeatherProducer
 from pipeline.stack import get_stack
 from pipeline.stack.base import RAY_WORKER, SPARK_WORKER, STREAMING_JOB, Stack
+from weatherbench.collectors.api_load import ApiLoadCollector, ApiLoadSpec
 from weatherbench.collectors.base import Collector
 from weatherbench.collectors.kafka import KafkaFlowCollector, clock_sanity, topic_metrics
 from weatherbench.collectors.ray import RayCollector
@@ -117,6 +118,7 @@ class StepOutcome:
     bottleneck_reasons: list[str] = field(default_factory=list)
     accounting: dict[str, Any] = field(default_factory=dict)
     partition_counts: dict[int, int] = field(default_factory=dict)
+    api_users: int = 0  # Locust users querying the API during the step
 
     def value(self, name: str, component: str | None = None) -> float:
         for metric in self.metrics:
@@ -363,12 +365,16 @@ class Bench:
         step: Step,
         repetition: int,
         pipeline: bool = True,
+        api_users: int = 0,
         extra: list[Collector] | None = None,
     ) -> StepOutcome:
-        """Run one step; `pipeline=False` measures Kafka only (partition and broker tests)."""
+        """Run one step; `pipeline=False` measures Kafka only (partition and broker tests).
+
+        `api_users` > 0 runs that many Locust users querying the serving API during the load.
+        """
         load = step.load
         prefix = f"{load.station_prefix}{self.tag}s{step.index}r{repetition}"
-        outcome = StepOutcome(step=step, repetition=repetition, station_prefix=prefix)
+        outcome = StepOutcome(step=step, repetition=repetition, station_prefix=prefix, api_users=api_users)
         spec = LoadSpec(
             stations=load.stations, rate=load.rate, duration_s=load.total_s, station_prefix=prefix
         )
@@ -376,6 +382,17 @@ class Bench:
         if load.message_bytes:
             source = PaddedSource(source, load.message_bytes)
         collectors = self.collectors(step, pipeline) + list(extra or [])
+        if api_users:
+            spec_api = ApiLoadSpec(
+                users=api_users,
+                spawn_rate=plan.api_load.spawn_rate,
+                duration_s=load.total_s,
+                station_prefix=prefix,
+                stations=load.stations,
+            )
+            collectors.append(
+                ApiLoadCollector(self.config.api.url, spec_api, self.out_dir / f"locust-{prefix}")
+            )
         producer = WeatherProducer(self.config.kafka.bootstrap_servers, self.config.kafka.benchmark_topic)
         self.progress(
             f"step {step.index} [{step.label}] repetition {repetition}: {load.stations} stations, "
@@ -416,7 +433,15 @@ class Bench:
         outcome.partition_counts = dict(result.ledger.per_partition)
         samples = stage_latencies([], result.ledger)
         if pipeline and accounting is not None:
-            after_warmup = [r for r in rows if int(r["window_start"]) >= measured_from]
+            # Latency counts windows the watermark closed during the load. The last ones are
+            # closed by the end-of-load sentinel, whose event time runs ahead of the clock, so
+            # their "window close" would be early (even negative) by construction.
+            closed_by_load = result.last_event_ms - step.stack.watermark_ms
+            after_warmup = [
+                r
+                for r in rows
+                if int(r["window_start"]) >= measured_from and int(r["window_end"]) <= closed_by_load
+            ]
             samples = stage_latencies(after_warmup, result.ledger)
             outcome.accounting = accounting.summary()
             outcome.metrics += [

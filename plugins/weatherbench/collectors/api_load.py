@@ -51,6 +51,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from weatherbench.collectors.base import Collector
+from weatherbench.metrics import Metric
+
 log = logging.getLogger(__name__)
 
 LOCUSTFILE = Path(__file__).resolve().parent.parent / "locustfile.py"
@@ -546,3 +549,30 @@ class ApiLoad:
             log.warning("Locust was killed: its statistics may miss up to its last second of requests")
         self.result = result
         return result
+
+
+class ApiLoadCollector(Collector):
+    """Locust query load on the serving API for the length of a step's load, as a collector."""
+
+    name = "api-load"
+
+    def __init__(self, api_url: str, spec: ApiLoadSpec, out_dir: Path) -> None:
+        super().__init__()
+        self.load = ApiLoad(api_url, spec, out_dir)
+        self.result: ApiLoadResult | None = None
+
+    def start(self) -> None:
+        super().start()
+        self.load.start()
+
+    def stop(self) -> None:
+        # The load ends with the step's load; a step that drains longer finds Locust done.
+        try:
+            self.result = self.load.stop() if self.load.running() else self.load.wait(timeout_s=30)
+        finally:
+            self.load.close()
+
+    def metrics(self) -> list[Metric]:
+        if self.result is None:
+            return []
+        return [Metric(name, value, unit, "api") for name, value, unit in self.result.metrics()]
