@@ -29,6 +29,10 @@ class DeliveryLedger:
     failed: list[tuple[str, int, str]] = field(default_factory=list)
     ack_latency_ms: list[float] = field(default_factory=list, repr=False)  # produce() -> broker ack
     t1_ms: list[int] = field(default_factory=list, repr=False)  # ingestion_time -> broker append time
+    # (station, seq) of each ack-latency and T1 sample, in the same order, so a sample can be
+    # attributed to its message (e.g. to leave out a warm-up or another run's stations).
+    ack_keys: list[tuple[str, int]] = field(default_factory=list, repr=False)
+    t1_keys: list[tuple[str, int]] = field(default_factory=list, repr=False)
     per_partition: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     bytes_sent: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -107,9 +111,11 @@ class WeatherProducer:
                     latency = msg.latency()
                     if latency is not None:
                         self.ledger.ack_latency_ms.append(latency * 1000.0)
+                        self.ledger.ack_keys.append((trace[0], trace[1]))
                     _, append_ms = msg.timestamp()
                     if append_ms > 0:
                         self.ledger.t1_ms.append(append_ms - trace[2])
+                        self.ledger.t1_keys.append((trace[0], trace[1]))
 
         while True:
             try:

@@ -36,7 +36,7 @@ from pipeline.config import StackConfig, load_config
 from pipeline.kafka_topics import APPEND_TIME, admin_client, describe_topics, ensure_topic, set_partitions
 from pipeline.producer.loadgen import LoadResult, LoadSpec, close_windows, run_open_loop
 from pipeline.producer.observations import ObservationSource, make_source
-from pipeline.producer.producer import WeatherProducer
+from pipeline.producer.producer import DeliveryLedger, WeatherProducer
 from pipeline.stack import get_stack
 from pipeline.stack.base import RAY_WORKER, SPARK_WORKER, STREAMING_JOB, Stack
 from weatherbench.collectors.api_load import ApiLoadCollector, ApiLoadSpec
@@ -144,11 +144,33 @@ def _latency_metrics(histograms: dict[str, LatencyHistogram]) -> list[Metric]:
     return result
 
 
-def _producer_metrics(result: LoadResult, prefix: str, seconds: float) -> list[Metric]:
+def producer_samples(ledger: DeliveryLedger, prefix: str, measured_from_ms: int) -> dict[str, list[float]]:
+    """T1 and ack-latency samples of this step's stations sent after the warm-up."""
+
+    def measured(key: tuple[str, int]) -> bool:
+        return key[0].startswith(prefix) and ledger.event_times.get(key, 0) >= measured_from_ms
+
+    return {
+        "T1 ingestion->kafka append": [
+            float(v) for v, key in zip(ledger.t1_ms, ledger.t1_keys, strict=True) if measured(key)
+        ],
+        "producer ack (send->ack)": [
+            v for v, key in zip(ledger.ack_latency_ms, ledger.ack_keys, strict=True) if measured(key)
+        ],
+    }
+
+
+def _producer_metrics(
+    result: LoadResult, prefix: str, seconds: float, per_partition: dict[int, int], bytes_sent: int
+) -> list[Metric]:
     ledger = result.ledger
     acked = sum(len(v) for k, v in ledger.acked.items() if k.startswith(prefix))
     attempted = result.sent
-    ack = LatencyHistogram().record_all(ledger.ack_latency_ms).summary()
+    ack = (
+        LatencyHistogram()
+        .record_all(producer_samples(ledger, prefix, 0)["producer ack (send->ack)"])
+        .summary()
+    )
     metrics = [
         Metric("producer.sent", float(attempted), "messages", "producer"),
         Metric("producer.acked", float(acked), "messages", "producer"),
@@ -163,7 +185,7 @@ def _producer_metrics(result: LoadResult, prefix: str, seconds: float) -> list[M
         Metric("producer.ack_latency.p99", ack["p99"], "ms", "producer"),
         Metric(
             "producer.message_size.mean",
-            ledger.bytes_sent / acked if acked else float("nan"),
+            bytes_sent / acked if acked else float("nan"),
             "bytes",
             "producer",
         ),
@@ -172,7 +194,7 @@ def _producer_metrics(result: LoadResult, prefix: str, seconds: float) -> list[M
         Metric("throughput.offered", result.offered_rate, "msg/s", "producer"),
         Metric("throughput.achieved", result.achieved_rate, "msg/s", "producer"),
     ]
-    for partition, count in sorted(ledger.per_partition.items()):
+    for partition, count in sorted(per_partition.items()):
         metrics.append(Metric("producer.partition_rate", count / seconds, "msg/s", f"partition-{partition}"))
     return metrics
 
@@ -409,6 +431,10 @@ class Bench:
                 on_progress=lambda sent, total: self.progress(f"   sent {sent}/{total}"),
             )
             load_seconds = (result.end_ms - result.start_ms) / 1000
+            # run_open_loop waited for every ack: the ledger now holds exactly this load's
+            # messages, before the end-of-load sentinel adds one more.
+            per_partition = dict(result.ledger.per_partition)
+            bytes_sent = result.ledger.bytes_sent
             accounting = None
             if pipeline:
                 close_windows(
@@ -429,9 +455,11 @@ class Bench:
         for collector in collectors:
             outcome.metrics += collector.metrics()
             outcome.series += collector.series()
-        outcome.metrics += _producer_metrics(result, prefix, max(1e-3, load_seconds))
-        outcome.partition_counts = dict(result.ledger.per_partition)
-        samples = stage_latencies([], result.ledger)
+        outcome.partition_counts = per_partition
+        outcome.metrics += _producer_metrics(
+            result, prefix, max(1e-3, load_seconds), per_partition, bytes_sent
+        )
+        samples = producer_samples(result.ledger, prefix + "-", measured_from)
         if pipeline and accounting is not None:
             # Latency counts windows the watermark closed during the load. The last ones are
             # closed by the end-of-load sentinel, whose event time runs ahead of the clock, so
@@ -442,7 +470,7 @@ class Bench:
                 for r in rows
                 if int(r["window_start"]) >= measured_from and int(r["window_end"]) <= closed_by_load
             ]
-            samples = stage_latencies(after_warmup, result.ledger)
+            samples |= stage_latencies(after_warmup)
             outcome.accounting = accounting.summary()
             outcome.metrics += [
                 Metric(f"accounting.{key}", float(value), "messages" if "messages" in key else "windows")
