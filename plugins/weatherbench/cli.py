@@ -10,6 +10,7 @@
     benchmark_system --test sustainable
     benchmark_system --partitions 2,4,8 --stations 50 --rate 50 --duration 120
     benchmark_system --test brokers --brokers 1,3
+    benchmark_system --test reference     # sustainable rate next to Kafka's and Spark's own ceilings
     benchmark_system runs                 # stored runs, newest first
     benchmark_system show RUN_ID          # one stored run's summary
 
@@ -23,6 +24,7 @@ before the stack is touched.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -35,7 +37,16 @@ from pipeline.config import REPO_ROOT, ConfigError, load_config
 from weatherbench.workloads import TestPlan, WorkloadError, load_workload
 
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "reports" / "results"
-GUIDE_TESTS = ("latency", "throughput", "scalability", "resources", "sustainable", "partitions", "brokers")
+GUIDE_TESTS = (
+    "latency",
+    "throughput",
+    "scalability",
+    "resources",
+    "sustainable",
+    "partitions",
+    "brokers",
+    "reference",
+)
 # Stages shown by `--test latency --component X`.
 COMPONENT_STAGES = {
     "kafka": ("t1_producer", "producer_ack", "t2_kafka_spark", "t4_kafka_ray", "t6_kafka_api"),
@@ -161,6 +172,9 @@ def plan_from_args(args: argparse.Namespace) -> TestPlan:
         raise UsageError(
             f"--component: resources takes one of {', '.join(RESOURCE_COMPONENTS)}, got {args.component!r}"
         )
+    if test == "reference":
+        # The sustainable-throughput search, preceded by the reference ceilings of the same machine.
+        return dataclasses.replace(workload.plan("sustainable", overrides), test="reference")
     return workload.plan(test, overrides)
 
 
@@ -228,6 +242,16 @@ def print_summary(summary: dict[str, Any], args: argparse.Namespace, metrics: li
             unit = "ms" if name.startswith("latency") else ""
             without, with_load = pair[f"{name} without"], pair[f"{name} with"]
             print(f"   {name:28s} {_fmt(without, unit):>10s} -> {_fmt(with_load, unit):>10s}")
+    reference = summary.get("reference")
+    if reference:
+        print("\n== the pipeline against reference ceilings measured in the same run")
+        print(f"   Kafka ProducerPerformance:     {_fmt(reference['kafka_producer_perf_msg_per_s'])} msg/s")
+        print(f"   Spark rate -> noop:            {_fmt(reference['spark_rate_noop_rows_per_s'])} rows/s")
+        print(f"   pipeline sustainable:          {_fmt(reference['pipeline_sustainable_msg_per_s'])} msg/s")
+        print(
+            f"   harness overhead:   {_fmt(reference['harness_cpu_percent_of_a_core'])}% of a core "
+            f"({_fmt(reference['harness_share_of_machine_cpu_percent'])}% of the machine's CPU use)"
+        )
     if summary.get("bottleneck"):
         print(f"== bottleneck tier: {summary['bottleneck']}")
     if summary.get("note"):

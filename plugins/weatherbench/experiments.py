@@ -32,7 +32,8 @@ from typing import Any
 from pipeline.config import StackConfig
 from pipeline.stack.base import KAFKA, STREAMING_JOB
 from weatherbench.manifest import build_manifest
-from weatherbench.runner import Bench, StepOutcome, bench_config, with_rate
+from weatherbench.reference import ReferenceResult, measure_ceilings
+from weatherbench.runner import NATURAL_MESSAGE_BYTES, Bench, StepOutcome, bench_config, with_rate
 from weatherbench.stats import RateSearch, fewest_sufficient, mean_ci, scaling_points
 from weatherbench.store import ResultsStore
 from weatherbench.workloads import Step, TestPlan
@@ -195,9 +196,13 @@ def run_test(
                     record_outcome(store, run_id, outcome)
                     result.outcomes.append(outcome)
         else:
+            if plan.test == "reference":
+                ceilings = _run_reference(plan, bench, store, run_id, progress)
             bench.up()
             if plan.test == "sustainable":
                 result.outcomes = _run_search(plan, bench, store, run_id, progress)
+            elif plan.test == "reference":
+                result.outcomes = _run_search(plan, bench, store, run_id, progress, first_index=1)
             else:
                 for step, users in with_api_load(plan):
                     bench.shape_stack(step.stack)
@@ -208,8 +213,10 @@ def run_test(
         result.summary = summarize(plan, result.outcomes, cores)
         if plan.api_load.users:
             result.summary["api_load_impact"] = api_load_impact(result.outcomes)
-        if plan.test == "sustainable":
+        if plan.test in ("sustainable", "reference"):
             result.summary["search"] = _search_summary(result.outcomes)
+        if plan.test == "reference":
+            result.summary["reference"] = reference_summary(ceilings, result.outcomes)
         failed = [o for o in result.outcomes if o.accounting and o.accounting.get("lost_messages", 0) > 0]
         result.status = "failed" if failed else "passed"
         return result
@@ -268,8 +275,47 @@ def api_load_impact(outcomes: list[StepOutcome]) -> list[dict[str, Any]]:
     return pairs
 
 
-def _run_search(
+def _run_reference(
     plan: TestPlan, bench: Bench, store: ResultsStore, run_id: str, progress
+) -> ReferenceResult:
+    step = plan.steps[0]
+    ceilings = measure_ceilings(
+        bench.stack,
+        bench.config,
+        record_size=step.load.message_bytes or NATURAL_MESSAGE_BYTES,
+        stations=step.load.stations,
+        progress=progress,
+    )
+    store.record_metrics(run_id, "reference ceilings", 0, 0, ceilings.metrics())
+    return ceilings
+
+
+def reference_summary(ceilings: ReferenceResult, outcomes: list[StepOutcome]) -> dict[str, Any]:
+    """The pipeline's best sustained step against the ceilings, and what the harness cost."""
+    held = [o for o in outcomes if o.sustained]
+    best = max(held, key=lambda o: o.step.load.rate) if held else None
+    harness_cpu = mean_ci([o.value("resources.cpu.mean", "harness") for o in outcomes]).mean
+    machine_cpu = mean_ci([o.value("resources.machine.cpu.mean") for o in outcomes]).mean
+    cores = max(1.0, outcomes[0].value("resources.machine.cores")) if outcomes else 1.0
+    summary: dict[str, Any] = {
+        "kafka_producer_perf_msg_per_s": ceilings.kafka.get("rate"),
+        "kafka_producer_perf_p99_ms": ceilings.kafka.get("p99"),
+        "spark_rate_noop_rows_per_s": ceilings.spark.get("rows_per_second_wall"),
+        "pipeline_sustainable_msg_per_s": best.step.load.rate if best else None,
+        "harness_cpu_percent_of_a_core": harness_cpu,
+        # The harness's share of all the CPU the machine spent while the pipeline ran.
+        "harness_share_of_machine_cpu_percent": harness_cpu / (cores * machine_cpu) * 100
+        if machine_cpu
+        else None,
+    }
+    if best is not None:
+        for name in ("latency.e2e.p95", "latency.window_close.p95", "latency.t5_inference.p95"):
+            summary[f"{name} at the sustainable rate (ms)"] = best.value(name)
+    return summary
+
+
+def _run_search(
+    plan: TestPlan, bench: Bench, store: ResultsStore, run_id: str, progress, first_index: int = 0
 ) -> list[StepOutcome]:
     assert plan.search is not None
     base_step = plan.steps[0]
@@ -277,7 +323,7 @@ def _run_search(
     search = RateSearch(plan.search.low, plan.search.high, plan.search.max_steps, plan.search.resolution)
     outcomes = []
     while (rate := search.next_rate()) is not None:
-        step = replace(with_rate(base_step, round(rate, 2)), index=len(outcomes))
+        step = replace(with_rate(base_step, round(rate, 2)), index=first_index + len(outcomes))
         outcome = bench.run_step(plan, step, 0)
         record_outcome(store, run_id, outcome)
         outcomes.append(outcome)

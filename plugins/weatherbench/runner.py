@@ -52,6 +52,8 @@ from weatherbench.workloads import LoadSettings, Slo, StackShape, Step, TestPlan
 log = logging.getLogger(__name__)
 
 CLOCK_TOPIC = "weather-bench-clock"
+# Bytes of an encoded observation without padding (measured: producer.message_size.mean).
+NATURAL_MESSAGE_BYTES = 240
 # A sender more than this share of messages late (> 100 ms) cannot offer the rate: the
 # generator, not the system, is then the limit, and the step says so.
 SENDER_BEHIND_LIMIT = 0.01
