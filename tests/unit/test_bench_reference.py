@@ -30,5 +30,5 @@ def test_the_final_summary_line_is_parsed() -> None:
 
 
 def test_output_without_a_summary_is_an_error_that_shows_it() -> None:
-    with pytest.raises(ReferenceError, match="(?s)no ProducerPerformance summary.*Connection refused"):
+    with pytest.raises(ReferenceError, match=r"(?s)no ProducerPerformance summary.*Connection refused"):
         parse_producer_performance("WARN Connection refused\n")
