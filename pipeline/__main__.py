@@ -4,7 +4,8 @@ python -m pipeline up [--only kafka,spark-master,...]
 python -m pipeline status
 python -m pipeline scale spark-worker 3
 python -m pipeline kill ray-worker [--which 2] [--graceful]
-python -m pipeline restart kafka
+python -m pipeline kill kafka --which 2           # one broker of a 3-broker cluster (default: 1)
+python -m pipeline restart kafka [--which 2]
 python -m pipeline down [--purge]
 python -m pipeline train
 python -m pipeline demo [--duration 60 --stations 10 --rate 20]
@@ -20,7 +21,7 @@ import sys
 
 from pipeline.config import ConfigError, load_config
 from pipeline.stack import get_stack
-from pipeline.stack.base import COMPONENTS, SCALABLE, StackError
+from pipeline.stack.base import COMPONENTS, KAFKA, SCALABLE, StackError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,17 +37,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("status", help="what runs now (JSON)")
     scale = sub.add_parser("scale", help="set the number of workers")
-    scale.add_argument("component", choices=SCALABLE)
+    # kafka is accepted so that the stack can explain why its broker count is fixed at `up`.
+    scale.add_argument("component", choices=(*SCALABLE, KAFKA))
     scale.add_argument("count", type=int)
     for name in ("kill", "restart"):
         cmd = sub.add_parser(name, help=f"{name} one instance of a component")
         cmd.add_argument("component", choices=COMPONENTS)
-        cmd.add_argument("--which", type=int, help="instance number of a scalable component (default: last)")
+        cmd.add_argument(
+            "--which",
+            type=int,
+            help="instance number of a scalable component (default: last) or Kafka broker (default: 1)",
+        )
         if name == "kill":
             cmd.add_argument("--graceful", action="store_true", help="SIGTERM instead of SIGKILL")
     component = sub.add_parser("component", help="run one component in the foreground (for containers)")
     component.add_argument("component", choices=COMPONENTS)
-    component.add_argument("--index", type=int, default=1, help="instance number of a scalable component")
+    component.add_argument(
+        "--index", type=int, default=1, help="instance number of a scalable component or Kafka broker"
+    )
     sub.add_parser("topics", help="create the pipeline's topics (idempotent)")
     train = sub.add_parser("train", help="train a new model version with the Spark batch layer")
     train.add_argument("--horizon-minutes", type=int, default=60)
@@ -94,10 +102,18 @@ def main(argv: list[str] | None = None) -> int:
             proc = LocalStack(config).foreground(args.component, args.index)
             os.execvpe(proc.argv[0], proc.argv, proc.env or dict(os.environ))
         elif args.command == "topics":
-            from pipeline.kafka_topics import ensure_pipeline_topics
+            from pipeline.kafka_topics import TopicError, ensure_pipeline_topics, wait_for_brokers
 
-            for info in ensure_pipeline_topics(config.kafka).values():
-                print(f"{info.name}: {info.partitions} partitions")
+            try:
+                # Replicated topics need every broker (containers of a cluster start in any order).
+                wait_for_brokers(config.kafka)
+                topics = ensure_pipeline_topics(config.kafka)
+            except TopicError as exc:
+                raise StackError(str(exc)) from None
+            for info in topics.values():
+                print(
+                    f"{info.name}: {info.partitions} partitions, replication factor {info.replication_factor}"
+                )
         elif args.command == "train":
             from pipeline.jobs import run_training
 

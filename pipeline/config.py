@@ -26,11 +26,22 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
+# Broker i (1-based) of a multi-broker cluster listens on the configured ports plus
+# (i - 1) * KAFKA_PORT_STEP: 19092/19093, 19102/19103, 19112/19113 by default. A step of 10
+# keeps each node's PLAINTEXT and CONTROLLER ports next to each other and clear of the
+# neighbouring node's, and the whole cluster inside 19092-19113, far from the other ports.
+KAFKA_PORT_STEP = 10
+# Cluster sizes the local backend can form: one combined node, or a three-voter KRaft
+# quorum (a majority survives one lost node, which is what fault tests inject).
+KAFKA_BROKER_COUNTS = (1, 3)
+
+
 @dataclass
 class KafkaConfig:
     bootstrap_port: int = 19092
     controller_port: int = 19093
-    heap_mb: int = 512
+    brokers: int = 1
+    heap_mb: int = 512  # per broker
     partitions: int = 4
     retention_hours: int = 24
     raw_topic: str = "weather-raw"
@@ -43,8 +54,49 @@ class KafkaConfig:
     benchmark_topic: str = "weather-raw-benchmark"
 
     @property
+    def node_ids(self) -> list[int]:
+        """KRaft node ids of the brokers, 1..brokers (each node is broker and controller)."""
+        return list(range(1, self.brokers + 1))
+
+    def broker_port(self, node: int = 1) -> int:
+        """PLAINTEXT (client) port of broker `node`."""
+        return self.bootstrap_port + KAFKA_PORT_STEP * (node - 1)
+
+    def node_controller_port(self, node: int = 1) -> int:
+        """CONTROLLER (KRaft quorum) port of node `node`."""
+        return self.controller_port + KAFKA_PORT_STEP * (node - 1)
+
+    @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.bootstrap_port}"
+        """Every broker's address, so a client still connects while any one broker is down."""
+        return ",".join(f"127.0.0.1:{self.broker_port(node)}" for node in self.node_ids)
+
+    @property
+    def controller_quorum(self) -> str:
+        """Every controller's address (controller.quorum.bootstrap.servers)."""
+        return ",".join(f"127.0.0.1:{self.node_controller_port(node)}" for node in self.node_ids)
+
+    @property
+    def replication_factor(self) -> int:
+        """Replicas per partition of the pipeline's (and Kafka's internal) topics."""
+        return min(3, self.brokers)
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """With 3 replicas, acks=all needs 2 in sync: one broker may fail without stopping writes."""
+        return 2 if self.replication_factor >= 3 else 1
+
+    def node_ports(self, node: int) -> dict[str, int]:
+        """The two ports of one node by owner; a single broker keeps its unnumbered names."""
+        suffix = "" if self.brokers == 1 else f" {node}"
+        return {
+            f"kafka broker{suffix}": self.broker_port(node),
+            f"kafka controller{suffix}": self.node_controller_port(node),
+        }
+
+    def ports(self) -> dict[str, int]:
+        """Ports of every node by owner."""
+        return {owner: port for node in self.node_ids for owner, port in self.node_ports(node).items()}
 
     @property
     def pipeline_topics(self) -> list[str]:
@@ -168,8 +220,7 @@ class StackConfig:
     def ports(self) -> dict[str, int]:
         """Every fixed TCP port the stack binds, by owner (for busy-port checks)."""
         ports = {
-            "kafka broker": self.kafka.bootstrap_port,
-            "kafka controller": self.kafka.controller_port,
+            **self.kafka.ports(),
             "spark master": self.spark.master_port,
             "spark master ui": self.spark.master_ui_port,
             "ray gcs": self.ray.gcs_port,
@@ -282,6 +333,11 @@ def validate_config(config: StackConfig) -> None:
         raise ConfigError("spark.workers and ray.workers must be >= 0")
     if config.kafka.partitions < 1:
         raise ConfigError("kafka.partitions must be >= 1")
+    if config.kafka.brokers not in KAFKA_BROKER_COUNTS:
+        raise ConfigError(
+            f"kafka.brokers: expected 1 or 3, got {config.kafka.brokers} (1 combined node without "
+            "replication, or a 3-node KRaft quorum with replication factor 3)"
+        )
     ports = config.ports()
     seen: dict[int, str] = {}
     for owner, port in ports.items():

@@ -3,6 +3,12 @@
 Topics where the broker's append time is a measured stamp use
 LogAppendTime, so a record's timestamp says when Kafka got it, not when
 the client claims it sent it.
+
+The pipeline's topics get the replication factor of the configured cluster
+(KafkaConfig.replication_factor: 1 on one broker, 3 on three). describe_topic
+reports each partition's leader, replicas and in-sync replicas (ISR), which
+broker-failure benchmarks record; describe_cluster says which brokers are
+registered, which `up` waits for.
 """
 
 from __future__ import annotations
@@ -32,6 +38,62 @@ class TopicInfo:
     replication_factor: int
 
 
+@dataclass(frozen=True)
+class PartitionState:
+    partition: int
+    leader: int  # -1 while the partition has no leader
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]  # in-sync replicas, leader included
+
+
+@dataclass(frozen=True)
+class TopicState:
+    """Per-partition replication state of one topic, as the cluster metadata reports it."""
+
+    name: str
+    partitions: tuple[PartitionState, ...]
+
+    @property
+    def min_isr_size(self) -> int:
+        """The smallest ISR over all partitions (the partition closest to refusing acks=all writes)."""
+        return min((len(p.isr) for p in self.partitions), default=0)
+
+    @property
+    def under_replicated(self) -> list[int]:
+        """Partitions whose ISR is smaller than their replica set."""
+        return [p.partition for p in self.partitions if len(p.isr) < len(p.replicas)]
+
+    @property
+    def leaderless(self) -> list[int]:
+        return [p.partition for p in self.partitions if p.leader < 0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for benchmark reports."""
+        return {
+            "topic": self.name,
+            "partitions": [
+                {
+                    "partition": p.partition,
+                    "leader": p.leader,
+                    "replicas": list(p.replicas),
+                    "isr": list(p.isr),
+                }
+                for p in self.partitions
+            ],
+            "min_isr_size": self.min_isr_size,
+            "under_replicated": self.under_replicated,
+        }
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    cluster_id: str | None
+    # In KRaft, brokers answer DescribeCluster with some live broker as "controller" (clients
+    # cannot reach the quorum); that an answer names one means the broker has joined the cluster.
+    controller: int | None
+    brokers: tuple[int, ...]  # registered and unfenced brokers
+
+
 def admin_client(bootstrap_servers: str, timeout_s: float = 10.0) -> AdminClient:
     return AdminClient({"bootstrap.servers": bootstrap_servers, "socket.timeout.ms": int(timeout_s * 1000)})
 
@@ -47,6 +109,59 @@ def describe_topics(admin: AdminClient, timeout_s: float = 10.0) -> dict[str, To
         for name, topic in metadata.topics.items()
         if not name.startswith("__")
     }
+
+
+def describe_topic(admin: AdminClient, name: str, timeout_s: float = 10.0) -> TopicState:
+    """Leader, replicas and ISR of every partition of one topic, from a fresh metadata request."""
+    metadata = admin.list_topics(topic=name, timeout=timeout_s).topics.get(name)
+    if metadata is None or metadata.error is not None:
+        raise TopicError(f"cannot describe topic {name}: {metadata.error if metadata else 'not found'}")
+    return TopicState(
+        name=name,
+        partitions=tuple(
+            PartitionState(
+                partition=pid,
+                leader=part.leader,
+                replicas=tuple(part.replicas),
+                isr=tuple(part.isrs),
+            )
+            for pid, part in sorted(metadata.partitions.items())
+        ),
+    )
+
+
+def describe_cluster(admin: AdminClient, timeout_s: float = 10.0) -> ClusterInfo:
+    """Cluster id, the controller the brokers name, and the registered brokers."""
+    result = admin.describe_cluster(request_timeout=timeout_s).result(timeout=timeout_s + 1)
+    return ClusterInfo(
+        cluster_id=result.cluster_id,
+        controller=result.controller.id if result.controller is not None else None,
+        brokers=tuple(sorted(node.id for node in result.nodes)),
+    )
+
+
+def cluster_complete(admin: AdminClient, node_ids: Sequence[int], timeout_s: float = 3.0) -> bool:
+    """Every broker in node_ids is registered and the brokers name a controller."""
+    info = describe_cluster(admin, timeout_s=timeout_s)
+    return info.controller is not None and set(node_ids) <= set(info.brokers)
+
+
+def wait_for_brokers(kafka: KafkaConfig, timeout_s: float = 120.0) -> ClusterInfo:
+    """Wait until every configured broker has registered (e.g. before creating replicated topics)."""
+    admin = admin_client(kafka.bootstrap_servers, timeout_s=3)
+    deadline = time.monotonic() + timeout_s
+    info: ClusterInfo | None = None
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            info = describe_cluster(admin, timeout_s=3)
+            if info.controller is not None and set(kafka.node_ids) <= set(info.brokers):
+                return info
+        except (KafkaException, TimeoutError) as exc:  # no broker reachable yet
+            last_error = exc
+        time.sleep(1)
+    seen = f"registered brokers {list(info.brokers)}" if info else f"no answer ({last_error})"
+    raise TopicError(f"Kafka brokers {kafka.node_ids} did not all register within {timeout_s:.0f}s: {seen}")
 
 
 def ensure_topic(
@@ -123,11 +238,22 @@ def delete_topics(admin: AdminClient, names: list[str], timeout_s: float = 30.0)
 
 
 def ensure_pipeline_topics(kafka: KafkaConfig, admin: AdminClient | None = None) -> dict[str, TopicInfo]:
-    """Create the pipeline's topics with the configured partition count and append-time stamps."""
+    """Create the pipeline's topics with the configured partition count, replication and append-time stamps.
+
+    The replication factor follows the configured cluster (min(3, kafka.brokers)); the
+    brokers' min.insync.replicas (2 of 3) applies to these topics as well. An existing
+    topic keeps the replication factor it was created with.
+    """
     admin = admin or admin_client(kafka.bootstrap_servers)
     retention = {"retention.ms": str(kafka.retention_hours * 3_600_000)}
     return {
-        name: ensure_topic(admin, name, kafka.partitions, config={**APPEND_TIME, **retention})
+        name: ensure_topic(
+            admin,
+            name,
+            kafka.partitions,
+            replication_factor=kafka.replication_factor,
+            config={**APPEND_TIME, **retention},
+        )
         for name in kafka.pipeline_topics
     }
 

@@ -1,22 +1,30 @@
 """Local ("embedded") stack backend: every component as a supervised process on this machine.
 
-Owns how each component is launched here: the KRaft broker from Maven jars,
+Owns how each component is launched here: the KRaft broker(s) from Maven jars,
 Spark standalone daemons from the pyspark wheel, Ray nodes from the ray
 wheel, and the pipeline's own services (streaming job, inference driver,
 serving API). All files live under the state dir:
 
     <state>/pids/<instance>.json   pid, session, start time (see process.py)
     <state>/logs/<instance>.log    stdout+stderr of each process
-    <state>/kafka/                 server.properties and log dirs
+    <state>/kafka/                 server.properties and data/ of the single broker, or
+    <state>/kafka/broker-<i>/      of broker i of a 3-broker cluster (kafka.brokers = 3)
     <state>/spark/                 worker and scratch dirs
     <state>/checkpoints/           streaming checkpoints
     <state>/api/                   the serving API's database
     <state>/models/                versioned model files
+
+Kafka runs as one combined broker+controller node (instance "kafka") or as a 3-node
+KRaft cluster (instances "kafka-1".."kafka-3", replication factor 3, min ISR 2).
+kill/restart act on one broker (`which`, default broker 1); the broker count is fixed
+at `up`, so `scale("kafka", n)` is refused.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -27,7 +35,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -49,6 +57,7 @@ from pipeline.stack.base import (
     Stack,
     StackError,
     StackStatus,
+    UnsupportedOperation,
     check_component,
 )
 from pipeline.stack.process import (
@@ -79,6 +88,23 @@ DOWN_ORDER = (
 def _http_json(url: str, timeout: float = 2.0) -> object:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read())
+
+
+def _kafka_uuid() -> str:
+    """A random Kafka Uuid in its text form (url-safe base64, no padding): cluster and directory ids."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (created if missing), held for the with-block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def java_major_version() -> int:
@@ -138,8 +164,36 @@ class LocalStack(Stack):
                 )
 
     # ------------------------------------------------------------------ Kafka
+    # One broker is one combined KRaft node named "kafka" with its files in <state>/kafka (the
+    # layout the single-broker stack has always had). With kafka.brokers = 3, nodes 1..3 are
+    # instances "kafka-1".."kafka-3", each with server.properties and data/ in
+    # <state>/kafka/broker-<i>, all formatted with one cluster id and one three-voter quorum.
     def _kafka_dir(self) -> Path:
         return self.state / "kafka"
+
+    def _kafka_node_dir(self, node: int) -> Path:
+        if self.config.kafka.brokers == 1:
+            return self._kafka_dir()
+        return self._kafka_dir() / f"broker-{node}"
+
+    def _kafka_node_name(self, node: int) -> str:
+        return KAFKA if self.config.kafka.brokers == 1 else f"{KAFKA}-{node}"
+
+    def _check_kafka_node(self, node: int) -> None:
+        k = self.config.kafka
+        if node in k.node_ids:
+            return
+        if k.brokers == 1:
+            raise StackError(f"{KAFKA} has a single instance; got which={node}")
+        raise StackError(f"{KAFKA} has {k.brokers} brokers (kafka.brokers); got which={node}")
+
+    def _kafka_pid_names(self) -> list[str]:
+        """Kafka instances with a pid file ("kafka" or "kafka-<i>"), by node number."""
+        if not self.pid_dir.is_dir():
+            return []
+        names = [p.stem for p in self.pid_dir.glob(f"{KAFKA}*.json")]
+        kafka = [n for n in names if n == KAFKA or re.fullmatch(rf"{KAFKA}-\d+", n)]
+        return sorted(kafka, key=lambda n: int(n.rsplit("-", 1)[1]) if "-" in n else 1)
 
     def _kafka_jars(self) -> str:
         jars = self.config.jars_dir / "kafka"
@@ -147,32 +201,50 @@ class LocalStack(Stack):
             raise StackError(f"Kafka broker jars not found in {jars}: run `make setup` (Maven fetches them)")
         return f"{jars}/*"
 
-    def _kafka_properties(self) -> Path:
+    def kafka_node_properties(self, node: int = 1) -> dict[str, str]:
+        """server.properties of one node: a combined broker and KRaft controller.
+
+        Every node lists all controllers in controller.quorum.bootstrap.servers (KIP-853
+        dynamic quorum, as the single node always used): the voter set itself is fixed
+        when the storage is formatted (--standalone for one node, --initial-controllers
+        for three), so the same properties serve both sizes.
+        """
         k = self.config.kafka
-        data = self._kafka_dir() / "data"
-        props = {
+        replicas = str(k.replication_factor)
+        min_isr = str(k.min_insync_replicas)
+        return {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"127.0.0.1:{k.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{k.bootstrap_port},CONTROLLER://127.0.0.1:{k.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{k.bootstrap_port}",
+            "node.id": str(node),
+            "controller.quorum.bootstrap.servers": k.controller_quorum,
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{k.broker_port(node)},"
+                f"CONTROLLER://127.0.0.1:{k.node_controller_port(node)}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{k.broker_port(node)}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            "log.dirs": str(data),
+            "log.dirs": str(self._kafka_node_dir(node) / "data"),
             "num.partitions": str(k.partitions),
             "auto.create.topics.enable": "false",
-            "offsets.topic.replication.factor": "1",
+            # Topics created without an explicit factor (and Kafka's internal ones) are
+            # replicated like the pipeline's; with 3 replicas, acks=all needs 2 in sync.
+            "default.replication.factor": replicas,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": replicas,
             "offsets.topic.num.partitions": "4",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.hours": str(k.retention_hours),
         }
-        path = self._kafka_dir() / "server.properties"
+
+    def _kafka_properties(self, node: int = 1) -> Path:
+        path = self._kafka_node_dir(node) / "server.properties"
         path.parent.mkdir(parents=True, exist_ok=True)
+        props = self.kafka_node_properties(node)
         path.write_text("".join(f"{key}={value}\n" for key, value in props.items()))
         return path
 
@@ -191,47 +263,146 @@ class LocalStack(Stack):
             *args,
         ]
 
-    def _kafka(self) -> ManagedProcess:
-        props = self._kafka_dir() / "server.properties"
+    def _kafka(self, node: int = 1) -> ManagedProcess:
+        props = self._kafka_node_dir(node) / "server.properties"
         return self._proc(
-            KAFKA, self._java(self.config.kafka.heap_mb, "kafka.Kafka", str(props)), self._base_env()
+            self._kafka_node_name(node),
+            self._java(self.config.kafka.heap_mb, "kafka.Kafka", str(props)),
+            self._base_env(),
         )
 
     def _prepare_kafka(self) -> None:
-        """Write server.properties and format the log dir on first use (KRaft needs a cluster id)."""
-        props = self._kafka_properties()
-        if (self._kafka_dir() / "data" / "meta.properties").exists():
-            return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        """Write every node's server.properties; format the storage on first use (KRaft needs a cluster id).
+
+        All nodes are formatted together, with one cluster id. Three nodes get a fixed
+        three-voter quorum through --initial-controllers (node@host:port:directory-id, the
+        same list for every node): each node's storage carries the directory id it is
+        known by, so a node restarted after a crash rejoins as the same voter.
+
+        Why KIP-853 voters rather than a static controller.quorum.voters: the single node
+        has always been formatted --standalone with controller.quorum.bootstrap.servers,
+        and a node may set only one of the two properties; with --initial-controllers both
+        sizes share one set of properties and one kraft.version. A node whose storage was
+        lost cannot be formatted again alone (it would join with a new directory id, not
+        as the voter it was), hence the error on a partly formatted cluster.
+
+        A lock keeps concurrent callers (three containers sharing one volume) from
+        formatting twice.
+        """
+        nodes = self.config.kafka.node_ids
+        for node in nodes:
+            self._kafka_properties(node)
+        with _file_lock(self._kafka_dir() / ".format.lock"):
+            formatted = [n for n in nodes if (self._kafka_node_dir(n) / "data" / "meta.properties").exists()]
+            if len(formatted) == len(nodes):
+                return
+            if formatted:
+                missing = sorted(set(nodes) - set(formatted))
+                raise StackError(
+                    f"Kafka storage under {self._kafka_dir()} is formatted for brokers {formatted} but not "
+                    f"{missing}: a voter cannot be re-formatted alone; run `python -m pipeline down --purge`"
+                )
+            cluster_id = _kafka_uuid()
+            if len(nodes) == 1:
+                quorum = "--standalone"
+            else:
+                k = self.config.kafka
+                voters = ",".join(f"{n}@127.0.0.1:{k.node_controller_port(n)}:{_kafka_uuid()}" for n in nodes)
+                quorum = f"--initial-controllers={voters}"
+            with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+                for future in [pool.submit(self._format_kafka_node, n, cluster_id, quorum) for n in nodes]:
+                    future.result()
+
+    def _format_kafka_node(self, node: int, cluster_id: str, quorum: str) -> None:
         # "--cluster-id=ID", not "-t ID": a random id may begin with "-", which as a separate
         # argument would be parsed as an unknown option.
         argv = self._java(
             256,
             "kafka.tools.StorageTool",
             "format",
-            "--standalone",
+            quorum,
             f"--cluster-id={cluster_id}",
             "-c",
-            str(props),
+            str(self._kafka_node_dir(node) / "server.properties"),
         )
         fmt = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         if fmt.returncode != 0:
-            raise StackError(f"formatting Kafka storage failed: {fmt.stdout[-800:]} {fmt.stderr[-800:]}")
+            raise StackError(
+                f"formatting Kafka storage of node {node} failed: {fmt.stdout[-800:]} {fmt.stderr[-800:]}"
+            )
 
-    def _start_kafka(self) -> None:
-        proc = self._kafka()
-        if proc.is_running():
-            return
+    def _refuse_other_kafka_size(self) -> None:
+        """Refuse to start while brokers of a cluster of another size run from this state dir."""
         k = self.config.kafka
-        self._check_ports({"kafka broker": k.bootstrap_port, "kafka controller": k.controller_port})
-        self._prepare_kafka()
-        proc.start()
-        from pipeline.kafka_topics import admin_client, describe_topics
+        ours = {self._kafka_node_name(n) for n in k.node_ids}
+        others = [n for n in self._kafka_pid_names() if n not in ours and self._pid_only(n).is_running()]
+        if others:
+            raise StackError(
+                f"Kafka instances {others} of a cluster of another size are running from {self.state}, "
+                f"but kafka.brokers is {k.brokers}: run `python -m pipeline down` first "
+                "(the broker count is fixed when the cluster starts)"
+            )
 
-        # Probe the port first: a client pointed at a closed port logs every reconnect attempt.
-        proc.wait_healthy(lambda: port_in_use(k.bootstrap_port), 90, "the Kafka broker to listen")
+    def _start_kafka(self, nodes: tuple[int, ...] | None = None) -> None:
+        """Start the given nodes (default: all) that are not running; wait until they have registered."""
+        k = self.config.kafka
+        self._refuse_other_kafka_size()
+        for node in nodes or ():
+            self._check_kafka_node(node)
+        procs = {node: self._kafka(node) for node in nodes or k.node_ids}
+        starting = [node for node, proc in procs.items() if not proc.is_running()]
+        if not starting:
+            return
+        self._check_ports({owner: port for n in starting for owner, port in k.node_ports(n).items()})
+        self._prepare_kafka()
+        # All nodes start before any is waited for: no node finishes starting (registers as
+        # a broker) until a majority of the quorum runs and has elected a leader.
+        for node in starting:
+            procs[node].start()
+        from pipeline.kafka_topics import admin_client, cluster_complete
+
+        # Probe the ports first: a client pointed at a closed port logs every reconnect attempt.
+        for node in starting:
+            procs[node].wait_healthy(
+                lambda node=node: port_in_use(k.broker_port(node)), 120, f"Kafka broker {node} to listen"
+            )
+        # Wait for every running node, not only the new ones: up after a partial start
+        # completes the cluster, and a restarted node counts once the others see it.
+        expected = [node for node in k.node_ids if self._kafka(node).is_running()]
         admin = admin_client(k.bootstrap_servers, timeout_s=3)
-        proc.wait_healthy(lambda: describe_topics(admin, timeout_s=3) is not None, 60, "the Kafka broker")
+
+        def registered() -> bool:
+            for node in starting:
+                procs[node].check_alive()
+            return cluster_complete(admin, expected, timeout_s=3)
+
+        what = "the Kafka broker" if k.brokers == 1 else f"Kafka brokers {expected} to register"
+        procs[starting[0]].wait_healthy(registered, 90, what)
+
+    def _stop_kafka(self, names: list[str], timeout: float = 30) -> None:
+        """Stop Kafka nodes one at a time, each gracefully while the quorum can still act.
+
+        A broker's controlled shutdown waits for the active controller to approve it (after
+        moving its partition leaderships away); in a 3-node cluster that needs 2 running
+        controllers. The last node of a cluster (or any node with no majority left) would
+        wait there for the broker's fixed 5-minute shutdown timeout (Kafka 4.1; nodes stopped
+        all at once can end up there too), so it is killed instead: its log is intact (the
+        page cache survives the process) and Kafka recovers it on the next start.
+        """
+        all_names = self._kafka_pid_names()
+        size = max([self.config.kafka.brokers] + [int(n.rsplit("-", 1)[1]) for n in all_names if n != KAFKA])
+        majority = size // 2 + 1
+        for name in names:
+            proc = self._pid_only(name)
+            if not proc.is_running():
+                proc.stop(timeout=timeout)  # also reaps leftovers of its session and the pid file
+                continue
+            alive = sum(1 for n in self._kafka_pid_names() if self._pid_only(n).is_running())
+            if alive >= majority:
+                proc.stop(timeout=timeout)
+            else:
+                log.info("%s: no controller majority left for a controlled shutdown; killing it", name)
+                proc.kill()
 
     def ensure_topics(self) -> None:
         from pipeline.kafka_topics import ensure_pipeline_topics
@@ -514,12 +685,15 @@ class LocalStack(Stack):
         self.state.mkdir(parents=True, exist_ok=True)
         self.config.dump()
         if component == KAFKA:
+            # Container i runs node i; every container formats under the same lock, so
+            # the first to get there formats the whole cluster and the others find it done.
+            self._check_kafka_node(index)
             self._prepare_kafka()
+            return self._kafka(index)
         if component in SCALABLE:
             (self.state / "spark" / f"worker-{index}").mkdir(parents=True, exist_ok=True)
             return self._scalable_proc(component, index)
         builders: dict[str, Callable[[], ManagedProcess]] = {
-            KAFKA: self._kafka,
             SPARK_MASTER: self._spark_master,
             RAY_HEAD: self._ray_head,
             STREAMING_JOB: self._streaming_job,
@@ -607,12 +781,20 @@ class LocalStack(Stack):
                 future.result()
 
     def down(self, purge: bool = False) -> None:
-        stop_all(self.pid_dir, order=DOWN_ORDER, timeout=30)
+        # Kafka goes last (DOWN_ORDER), node by node: see _stop_kafka.
+        stop_all(self.pid_dir, order=DOWN_ORDER, timeout=30, exclude=(KAFKA,))
+        self._stop_kafka(self._kafka_pid_names())
+        stop_all(self.pid_dir, timeout=30)  # anything else left with a pid file
         shutil.rmtree(self.ray_temp_dir(), ignore_errors=True)
         if purge:
             for sub in ("kafka", "spark", "checkpoints", "api", "logs"):
                 shutil.rmtree(self.state / sub, ignore_errors=True)
+        # A killed process releases its sockets when its last thread is gone; allow a moment.
+        deadline = time.monotonic() + 10
         leftover = {owner: port for owner, port in self.config.ports().items() if port_in_use(port)}
+        while leftover and time.monotonic() < deadline:
+            time.sleep(0.2)
+            leftover = {owner: port for owner, port in leftover.items() if port_in_use(port)}
         if leftover:
             raise StackError(
                 f"after down, ports are still bound: {leftover} ({port_owner(next(iter(leftover.values())))})"
@@ -626,8 +808,12 @@ class LocalStack(Stack):
             indexes = sorted(int(m.group(1)) for n in names if (m := re.fullmatch(rf"{component}-(\d+)", n)))
             return [(component, self._scalable_proc(component, i)) for i in indexes]
 
+        configured = [self._kafka_node_name(n) for n in self.config.kafka.node_ids]
+        # Brokers of a cluster of another size (started with another kafka.brokers) still show.
+        strays = [n for n in self._kafka_pid_names() if n not in configured]
         return [
-            (KAFKA, self._kafka()),
+            *[(KAFKA, self._kafka(n)) for n in self.config.kafka.node_ids],
+            *[(KAFKA, self._pid_only(name)) for name in strays],
             (SPARK_MASTER, self._spark_master()),
             *instances(SPARK_WORKER),
             (RAY_HEAD, self._ray_head()),
@@ -642,7 +828,12 @@ class LocalStack(Stack):
         return self._proc(name, [])
 
     def status(self) -> StackStatus:
-        status = StackStatus(backend=self.backend, extra={"state_dir": str(self.state)})
+        k = self.config.kafka
+        status = StackStatus(
+            backend=self.backend,
+            extra={"state_dir": str(self.state), "kafka_bootstrap_servers": k.bootstrap_servers},
+        )
+        details = {self._kafka_node_name(n): f"node {n}, 127.0.0.1:{k.broker_port(n)}" for n in k.node_ids}
         for component, proc in self._all_procs():
             members = proc.members()
             rss = 0
@@ -659,6 +850,7 @@ class LocalStack(Stack):
                     pid=proc.pid,
                     rss_bytes=rss,
                     processes=len(members),
+                    detail=details.get(proc.name, ""),
                 )
             )
         return status
@@ -670,6 +862,13 @@ class LocalStack(Stack):
         return pids
 
     def scale(self, component: str, count: int) -> None:
+        if component == KAFKA:
+            raise UnsupportedOperation(
+                f"cannot scale {KAFKA} to {count}: the broker count is chosen at `up` with kafka.brokers "
+                "(1 or 3, e.g. WB_KAFKA_BROKERS=3), because the KRaft quorum's voters are fixed when the "
+                "storage is formatted; run `down --purge`, then `up` with the other count. To take one "
+                "broker out and back, use kill/restart kafka --which N"
+            )
         check_component(component, SCALABLE)
         if count < 0:
             raise StackError(f"cannot scale {component} to {count}: the count must be >= 0")
@@ -699,10 +898,14 @@ class LocalStack(Stack):
                     raise StackError(f"no {component} is running")
                 which = running[-1]
             return self._scalable_proc(component, which)
+        if component == KAFKA:
+            # Broker 1 by default, so `kill kafka` then `restart kafka` act on the same node.
+            node = 1 if which is None else which
+            self._check_kafka_node(node)
+            return self._kafka(node)
         if which not in (None, 1):
             raise StackError(f"{component} has a single instance; got which={which}")
         return {
-            KAFKA: self._kafka,
             SPARK_MASTER: self._spark_master,
             RAY_HEAD: self._ray_head,
             STREAMING_JOB: lambda: self._pid_only(STREAMING_JOB),
@@ -714,7 +917,9 @@ class LocalStack(Stack):
         proc = self._resolve(component, which)
         if not proc.is_running():
             raise StackError(f"{proc.name} is not running")
-        if graceful:
+        if graceful and component == KAFKA:
+            self._stop_kafka([proc.name])
+        elif graceful:
             proc.stop(timeout=30)
         else:
             proc.kill()
@@ -722,12 +927,17 @@ class LocalStack(Stack):
 
     def restart(self, component: str, which: int | None = None) -> None:
         proc = self._resolve(component, which)
-        if proc.is_running():
+        if proc.is_running() and component == KAFKA:
+            self._stop_kafka([proc.name])
+        elif proc.is_running():
             proc.stop(timeout=30)
         try:
             if component in SCALABLE:
                 index = int(proc.name.rsplit("-", 1)[1])
                 (self._start_spark_worker if component == SPARK_WORKER else self._start_ray_worker)(index)
+            elif component == KAFKA and self.config.kafka.brokers > 1:
+                # Only this broker: the others keep running (or stay down if they were killed).
+                self._start_kafka((which or 1,))
             else:
                 self.up((component,))
         except ProcessError as exc:

@@ -52,12 +52,22 @@ class PidRecord:
             return None
 
 
+def has_exited(proc: psutil.Process) -> bool:
+    """The process is a zombie whose threads have all finished.
+
+    The main thread of a multi-threaded process (a JVM) turns zombie as soon as it exits,
+    while another thread may still be tearing the process down, holding its memory and
+    its sockets: until that thread is gone too, a port the process listened on is still bound.
+    """
+    return proc.status() == psutil.STATUS_ZOMBIE and proc.num_threads() <= 1
+
+
 def session_members(sid: int) -> list[psutil.Process]:
     """All live processes of one session (the session leader's pid is the session id)."""
     members = []
     for proc in psutil.process_iter(["pid"]):
         try:
-            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+            if os.getsid(proc.pid) == sid and not has_exited(proc):
                 members.append(proc)
         except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
             continue
@@ -263,9 +273,17 @@ def stop_record(rec: PidRecord | None, timeout: float = 20.0) -> None:
     wait_session_gone(rec.pid, 10)
 
 
-def stop_all(pid_dir: Path, order: Iterable[str] = (), timeout: float = 20.0) -> list[str]:
-    """Stop every process that has a pid file in pid_dir; names in `order` first, in that order."""
+def stop_all(
+    pid_dir: Path, order: Iterable[str] = (), timeout: float = 20.0, exclude: Iterable[str] = ()
+) -> list[str]:
+    """Stop every process that has a pid file in pid_dir; names in `order` first, in that order.
+
+    Names starting with a prefix in `exclude` are left alone, for the caller to stop in
+    its own way (a Kafka cluster, say, whose nodes must not all wait for each other).
+    """
+    skipped = tuple(exclude)
     files = {p.stem: p for p in pid_dir.glob("*.json")} if pid_dir.is_dir() else {}
+    files = {name: path for name, path in files.items() if not (skipped and name.startswith(skipped))}
     ordered = [n for prefix in order for n in sorted(files) if n.startswith(prefix)]
     ordered += [n for n in sorted(files) if n not in ordered]
     stopped = []

@@ -63,3 +63,45 @@ def test_duration_ms(text, expected):
 def test_duration_rejects_unknown_units():
     with pytest.raises(ConfigError, match="cannot read duration"):
         duration_ms("5 fortnights")
+
+
+def test_kafka_is_one_broker_by_default():
+    kafka = load_config(environ={}).kafka
+    assert kafka.brokers == 1
+    assert kafka.bootstrap_servers == "127.0.0.1:19092"
+    assert kafka.controller_quorum == "127.0.0.1:19093"
+    assert (kafka.replication_factor, kafka.min_insync_replicas) == (1, 1)
+    assert kafka.ports() == {"kafka broker": 19092, "kafka controller": 19093}
+
+
+def test_three_brokers_get_stepped_ports_all_listed_and_distinct():
+    config = load_config(environ={"WB_KAFKA_BROKERS": "3"})
+    kafka = config.kafka
+    assert kafka.brokers == 3
+    assert kafka.bootstrap_servers == "127.0.0.1:19092,127.0.0.1:19102,127.0.0.1:19112"
+    assert kafka.controller_quorum == "127.0.0.1:19093,127.0.0.1:19103,127.0.0.1:19113"
+    assert (kafka.replication_factor, kafka.min_insync_replicas) == (3, 2)
+    expected = {
+        "kafka broker 1": 19092,
+        "kafka controller 1": 19093,
+        "kafka broker 2": 19102,
+        "kafka controller 2": 19103,
+        "kafka broker 3": 19112,
+        "kafka controller 3": 19113,
+    }
+    ports = config.ports()
+    assert {owner: port for owner, port in ports.items() if owner.startswith("kafka")} == expected
+    assert len(set(ports.values())) == len(ports)  # no two owners share a port
+
+
+def test_three_broker_ports_take_part_in_the_collision_check():
+    with pytest.raises(ConfigError, match="spark master and kafka broker 2 both use port 19102"):
+        load_config(environ={"WB_KAFKA_BROKERS": "3"}, overrides={"spark": {"master_port": 19102}})
+    # The same port is free for Spark while Kafka runs one broker.
+    assert load_config(environ={}, overrides={"spark": {"master_port": 19102}}).spark.master_port == 19102
+
+
+@pytest.mark.parametrize("count", ["2", "0", "5"])
+def test_unsupported_broker_counts_are_rejected_with_the_field_name(count):
+    with pytest.raises(ConfigError, match=rf"kafka\.brokers: expected 1 or 3, got {count}"):
+        load_config(environ={"WB_KAFKA_BROKERS": count})

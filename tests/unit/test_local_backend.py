@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from pipeline.config import load_config
-from pipeline.stack.base import StackError
+from pipeline.stack.base import StackError, UnsupportedOperation
 from pipeline.stack.local import LocalStack, java_major_version
 
 
@@ -29,7 +29,12 @@ def test_missing_kafka_jars_point_to_setup(monkeypatch, tmp_path):
 
 def test_scaling_a_fixed_component_is_refused(tmp_path):
     stack = LocalStack(load_config(environ={}, overrides={"state_dir": str(tmp_path)}))
-    with pytest.raises(StackError, match="unknown component 'kafka'; expected one of: spark-worker, ray-w"):
+    with pytest.raises(
+        StackError, match="unknown component 'spark-master'; expected one of: spark-worker, ray-w"
+    ):
+        stack.scale("spark-master", 3)
+    # Kafka's broker count is fixed when its quorum is formatted: the refusal says where to set it.
+    with pytest.raises(UnsupportedOperation, match=r"cannot scale kafka to 3: .*kafka\.brokers"):
         stack.scale("kafka", 3)
     with pytest.raises(StackError, match="count must be >= 0"):
         stack.scale("spark-worker", -1)

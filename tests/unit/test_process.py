@@ -67,3 +67,18 @@ def test_early_exit_reports_the_log(tmp_path):
     proc.start()
     with pytest.raises(ProcessError, match=r"(?s)crash exited.*bad setting: frobnicate"):
         proc.wait_healthy(lambda: False, 20)
+
+
+def test_stop_all_leaves_excluded_names_to_the_caller(tmp_path):
+    from pipeline.stack.process import stop_all
+
+    kept = make(tmp_path, "kafka-1", "import time; time.sleep(600)")
+    other = make(tmp_path, "api", "import time; time.sleep(600)")
+    kept.start()
+    other.start()
+    try:
+        assert stop_all(tmp_path / "pids", timeout=5, exclude=("kafka",)) == ["api"]
+        assert kept.is_running()
+        assert not other.is_running()
+    finally:
+        kept.stop(timeout=5)
