@@ -199,6 +199,7 @@ def run_test(
             if plan.test == "reference":
                 ceilings = _run_reference(plan, bench, store, run_id, progress)
             bench.up()
+            bench.prime(plan.steps[0], plan.drain_timeout_s)
             if plan.test == "sustainable":
                 result.outcomes = _run_search(plan, bench, store, run_id, progress)
             elif plan.test == "reference":

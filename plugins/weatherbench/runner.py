@@ -38,7 +38,7 @@ from pipeline.producer.loadgen import LoadResult, LoadSpec, close_windows, run_o
 from pipeline.producer.observations import ObservationSource, make_source
 from pipeline.producer.producer import DeliveryLedger, WeatherProducer
 from pipeline.stack import get_stack
-from pipeline.stack.base import RAY_WORKER, SPARK_WORKER, STREAMING_JOB, Stack
+from pipeline.stack.base import KAFKA, RAY_WORKER, SPARK_WORKER, STREAMING_JOB, Stack
 from weatherbench.collectors.api_load import ApiLoadCollector, ApiLoadSpec
 from weatherbench.collectors.base import Collector
 from weatherbench.collectors.kafka import KafkaFlowCollector, clock_sanity, topic_metrics
@@ -54,9 +54,10 @@ log = logging.getLogger(__name__)
 CLOCK_TOPIC = "weather-bench-clock"
 # Bytes of an encoded observation without padding (measured: producer.message_size.mean).
 NATURAL_MESSAGE_BYTES = 240
-# A sender more than this share of messages late (> 100 ms) cannot offer the rate: the
-# generator, not the system, is then the limit, and the step says so.
-SENDER_BEHIND_LIMIT = 0.01
+# A sender with more than this share of messages late (> 100 ms) cannot offer the rate: the
+# generator (or the machine under it), not the pipeline, is then the limit, and the step says
+# so. A few late sends do not: latency counts from the intended time either way.
+SENDER_BEHIND_LIMIT = 0.05
 STAGE_NAMES = {  # accounting's stage labels -> metric names
     "T1 ingestion->kafka append": "t1_producer",
     "producer ack (send->ack)": "producer_ack",
@@ -81,6 +82,7 @@ def bench_config(base: StackConfig, shape: StackShape, state_dir: Path | None = 
             "workers": shape.spark_workers,
         },
         "ray": {"workers": shape.ray_workers},
+        "kafka": {"brokers": shape.brokers},
     }
     base_dict = base.to_dict()
     for section in ("kafka", "spark", "ray", "inference", "api", "model"):
@@ -289,7 +291,14 @@ class Bench:
             load_config(self.config.stack_file, environ={}) if self.config.stack_file.exists() else None
         )
         streaming = ("window", "watermark", "trigger")
-        if previous is not None and any(
+        if previous is not None and previous.kafka.brokers != self.config.kafka.brokers:
+            # The KRaft quorum is formatted for its broker count: a new count is a new cluster.
+            self.progress(
+                f"Kafka brokers {previous.kafka.brokers} -> {self.config.kafka.brokers}: "
+                "stopping the stack and starting a fresh cluster"
+            )
+            get_stack(previous).down(purge=True)
+        elif previous is not None and any(
             getattr(previous.spark, key) != getattr(self.config.spark, key) for key in streaming
         ):
             self.progress("window settings changed: restarting the pipeline on a fresh checkpoint")
@@ -302,6 +311,41 @@ class Bench:
         else:
             self.stack.up(components)
         self.progress(f"stack up in {time.monotonic() - began:.0f} s (state in {self.config.state_dir})")
+
+    def reconfigure_brokers(self, brokers: int) -> None:
+        """Kafka alone with `brokers` brokers (a fresh cluster when the count changes)."""
+        self.shape = replace(self.shape, brokers=brokers)
+        self.config = bench_config(self.base, self.shape, self.config.state_dir)
+        self.stack = get_stack(self.config)
+        self.up((KAFKA,))
+
+    def prime(self, step: Step, timeout_s: float) -> None:
+        """Load a freshly started pipeline until it serves, so its start-up is not in any step.
+
+        A new streaming job's first micro-batches take many times the steady ones (JVM and
+        code generation warm-up); the priming load is sent and drained but not recorded.
+        """
+        seconds = max(step.load.warmup_s, 20.0)
+        prefix = f"{step.load.station_prefix}{self.tag}prime"
+        self.progress(f"priming the pipeline: {step.load.rate:g} msg/s for {seconds:g} s")
+        began = time.monotonic()
+        producer = WeatherProducer(self.config.kafka.bootstrap_servers, self.config.kafka.benchmark_topic)
+        spec = LoadSpec(
+            stations=step.load.stations, rate=step.load.rate, duration_s=seconds, station_prefix=prefix
+        )
+        result = run_open_loop(producer, make_source(step.load.source), spec)
+        close_windows(
+            producer,
+            make_source(step.load.source),
+            result.last_event_ms,
+            step.stack.window_ms,
+            step.stack.watermark_ms,
+        )
+        producer.flush(10)
+        expected = expected_windows(result.ledger, step.stack.window_ms, prefix + "-")
+        served = account(expected, self._drain(expected, prefix + "-", timeout_s))
+        windows = f"{served.served_windows}/{served.expected_windows}"
+        self.progress(f"   primed in {time.monotonic() - began:.0f} s: {windows} windows served")
 
     def shape_stack(self, shape: StackShape) -> None:
         status = self.stack.status()
@@ -319,8 +363,9 @@ class Bench:
         topic = self.config.kafka.benchmark_topic
         current = describe_topics(admin).get(topic)
         retention = {"retention.ms": str(self.config.kafka.retention_hours * 3_600_000)}
+        rf = self.config.kafka.replication_factor
         if current is None:
-            ensure_topic(admin, topic, partitions, config={**APPEND_TIME, **retention})
+            ensure_topic(admin, topic, partitions, rf, config={**APPEND_TIME, **retention})
         elif current.partitions < partitions:
             self.progress(f"growing {topic} from {current.partitions} to {partitions} partitions")
             set_partitions(admin, topic, partitions)
@@ -335,7 +380,7 @@ class Bench:
 
             self.progress(f"recreating {topic} with {partitions} partitions")
             delete_topics(admin, [topic])
-            ensure_topic(admin, topic, partitions, config={**APPEND_TIME, **retention})
+            ensure_topic(admin, topic, partitions, rf, config={**APPEND_TIME, **retention})
 
     # ------------------------------------------------------------------ one step
     def collectors(self, step: Step, pipeline: bool) -> list[Collector]:

@@ -62,13 +62,13 @@ def test_growing_spark_lag_fails_and_names_spark() -> None:
 
 
 def test_a_late_sender_slo_breach_and_loss_are_all_reasons() -> None:
-    step = outcome(**{"producer.behind": 50, "latency.e2e.p95": 90_000})
+    step = outcome(**{"producer.behind": 80, "latency.e2e.p95": 90_000})
     lossy = Accounting(expected_messages=100, served_messages=90, expected_windows=10, served_windows=9)
     lossy.missing_windows.append(("x-0000", 0))
     ok, reasons, signals = sustainability(step, step.step.load, PLAN.slo, 60, lossy)
     assert not ok
     text = " | ".join(reasons)
-    assert "50 of 1000 messages over 100 ms late" in text
+    assert "80 of 1000 messages over 100 ms late" in text
     assert "end-to-end p95 90.0 s > SLO 60 s" in text
     assert "10 messages not served (1 windows missing" in text
     assert signals["producer"]
