@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import math
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -189,16 +190,35 @@ def _fmt(value: Any, unit: str = "") -> str:
 def print_summary(summary: dict[str, Any], args: argparse.Namespace, metrics: list[dict[str, Any]]) -> None:
     steps = summary.get("steps", [])
     print(f"\n== {summary.get('test')} ({summary.get('profile')} profile)")
-    headline = [
-        ("throughput.offered", "offered msg/s"),
-        ("throughput.achieved", "achieved msg/s"),
-        ("throughput.end_to_end", "served msg/s"),
-        ("latency.e2e.p95", "e2e p95"),
-        ("latency.window_close.p95", "window-close p95"),
-        ("latency.t5_inference.p95", "inference p95"),
-        ("lag.spark.max", "spark lag max"),
-        ("kafka.balance_score", "balance %"),
-    ]
+    kafka_only = all(entry["sustained"] is None for entry in steps)
+    headline = KAFKA_COLUMNS if kafka_only else PIPELINE_COLUMNS
+    _print_table(steps, headline)
+    _print_details(summary, args, metrics)
+
+
+PIPELINE_COLUMNS = [
+    ("throughput.offered", "offered msg/s"),
+    ("throughput.achieved", "achieved msg/s"),
+    ("throughput.end_to_end", "served msg/s"),
+    ("latency.e2e.p95", "e2e p95"),
+    ("latency.window_close.p95", "window-close p95"),
+    ("latency.t5_inference.p95", "inference p95"),
+    ("lag.spark.max", "spark lag max"),
+    ("kafka.balance_score", "balance %"),
+]
+KAFKA_COLUMNS = [
+    ("throughput.offered", "offered msg/s"),
+    ("throughput.achieved", "achieved msg/s"),
+    ("producer.ack_latency.p50", "ack p50"),
+    ("producer.ack_latency.p99", "ack p99"),
+    ("latency.t1_producer.p99", "T1 p99"),
+    ("kafka.balance_score", "balance %"),
+    ("kafka.topic.replication_factor", "replication"),
+    ("kafka.topic.min_isr_seen", "min ISR"),
+]
+
+
+def _print_table(steps: list[dict[str, Any]], headline: list[tuple[str, str]]) -> None:
     header = f"{'step':28s}" + "".join(f"{label:>18s}" for _, label in headline) + "  verdict"
     print(header)
     for entry in steps:
@@ -213,6 +233,10 @@ def print_summary(summary: dict[str, Any], args: argparse.Namespace, metrics: li
         if entry.get("bottleneck"):
             verdict += f" (bottleneck: {entry['bottleneck']})"
         print(f"{entry['label']:28s}" + "".join(cells) + f"  {verdict}")
+
+
+def _print_details(summary: dict[str, Any], args: argparse.Namespace, metrics: list[dict[str, Any]]) -> None:
+    steps = summary.get("steps", [])
     if summary.get("test") == "partitions" or args.partitions:
         print("\n== partition distribution (messages per partition; balance 100% = perfectly even)")
         for entry in steps:
@@ -310,6 +334,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"benchmark_system: error: {exc}", file=sys.stderr)
         return 2
     from weatherbench.experiments import run_test
+
+    def stop_on_sigterm(signum: int, _frame: Any) -> None:
+        # SIGTERM (a killed task, `kill PID`) unwinds like Ctrl-C: the run is stored as an error
+        # and the benchmark stack is stopped, instead of dying with both left behind.
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
 
     store = ResultsStore(args.results_url)
 

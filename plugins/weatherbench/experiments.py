@@ -52,7 +52,11 @@ HEADLINE = (
     ("spark.capacity", "rows/s"),
     ("ray.capacity", "pred/s"),
     ("kafka.balance_score", "%"),
+    ("kafka.topic.replication_factor", "replicas"),
+    ("kafka.topic.min_isr_seen", "replicas"),
+    ("producer.ack_latency.p50", "ms"),
     ("producer.ack_latency.p99", "ms"),
+    ("latency.t1_producer.p99", "ms"),
     ("resources.machine.cpu.mean", "%"),
 )
 SCALED = {
@@ -133,7 +137,9 @@ def summarize(plan: TestPlan, outcomes: list[StepOutcome], cores: int) -> dict[s
                     "n": interval.n,
                     "unit": unit,
                 }
-        oversubscribed = step.stack.spark_workers + step.stack.ray_workers > cores
+        # Kafka-only steps run no Spark or Ray workers.
+        pipeline_step = entry["sustained"] is not None
+        oversubscribed = pipeline_step and step.stack.spark_workers + step.stack.ray_workers > cores
         entry["oversubscribed"] = oversubscribed
         steps.append(entry)
     summary: dict[str, Any] = {"test": plan.test, "profile": plan.profile, "steps": steps}
