@@ -186,43 +186,28 @@ def run_test(
     cores = int(
         manifest.get("machine", {}).get("usable_cores") or manifest.get("machine", {}).get("cores") or 1
     )
+    ceilings: ReferenceResult | None = None
     try:
         if plan.test == "brokers":
             result.outcomes = _run_brokers(plan, bench, store, run_id, progress)
         elif plan.test == "partitions":
-            # With the pipeline running, the steps also measure Spark on the grown topic (steps must
-            # then ascend: Kafka cannot shrink a topic); otherwise only Kafka is started and measured.
-            pipeline = bench.stack.status().running(STREAMING_JOB) > 0
-            if not pipeline:
-                bench.up((KAFKA,))
-            for step in plan.steps:
-                bench.set_benchmark_partitions(step.stack.partitions)
-                for repetition in range(plan.repetitions):
-                    outcome = bench.run_step(plan, step, repetition, pipeline=pipeline)
-                    record_outcome(store, run_id, outcome)
-                    result.outcomes.append(outcome)
+            result.outcomes = _run_partitions(plan, bench, store, run_id)
         else:
             if plan.test == "reference":
                 ceilings = _run_reference(plan, bench, store, run_id, progress)
             bench.up()
             bench.prime(plan.steps[0], plan.drain_timeout_s)
-            if plan.test == "sustainable":
-                result.outcomes = _run_search(plan, bench, store, run_id, progress)
-            elif plan.test == "reference":
-                result.outcomes = _run_search(plan, bench, store, run_id, progress, first_index=1)
+            if plan.test in ("sustainable", "reference"):
+                first_index = 1 if plan.test == "reference" else 0
+                result.outcomes = _run_search(plan, bench, store, run_id, progress, first_index)
             else:
-                for step, users in with_api_load(plan):
-                    bench.shape_stack(step.stack)
-                    for repetition in range(plan.repetitions):
-                        outcome = bench.run_step(plan, step, repetition, api_users=users)
-                        record_outcome(store, run_id, outcome)
-                        result.outcomes.append(outcome)
+                result.outcomes = _run_steps(plan, bench, store, run_id)
         result.summary = summarize(plan, result.outcomes, cores)
         if plan.api_load.users:
             result.summary["api_load_impact"] = api_load_impact(result.outcomes)
         if plan.test in ("sustainable", "reference"):
             result.summary["search"] = _search_summary(result.outcomes)
-        if plan.test == "reference":
+        if ceilings is not None:
             result.summary["reference"] = reference_summary(ceilings, result.outcomes)
         failed = [o for o in result.outcomes if o.accounting and o.accounting.get("lost_messages", 0) > 0]
         result.status = "failed" if failed else "passed"
@@ -237,6 +222,38 @@ def run_test(
         progress(f"results: {result.json_path} (store {store.url})")
         if not keep_up:
             bench.stack.down()
+
+
+def _run_steps(plan: TestPlan, bench: Bench, store: ResultsStore, run_id: str) -> list[StepOutcome]:
+    """Every step (and its API-load twin), shaped, each repetition recorded as it completes."""
+    outcomes = []
+    for step, users in with_api_load(plan):
+        bench.shape_stack(step.stack)
+        for repetition in range(plan.repetitions):
+            outcome = bench.run_step(plan, step, repetition, api_users=users)
+            record_outcome(store, run_id, outcome)
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _run_partitions(plan: TestPlan, bench: Bench, store: ResultsStore, run_id: str) -> list[StepOutcome]:
+    """Partition counts of the benchmark topic.
+
+    With the pipeline running, the steps also measure Spark on the grown topic (they must then
+    ascend: Kafka cannot shrink a topic under the streaming job); otherwise only Kafka is
+    started and measured, as in the guide's section 5.3.
+    """
+    pipeline = bench.stack.status().running(STREAMING_JOB) > 0
+    if not pipeline:
+        bench.up((KAFKA,))
+    outcomes = []
+    for step in plan.steps:
+        bench.set_benchmark_partitions(step.stack.partitions)
+        for repetition in range(plan.repetitions):
+            outcome = bench.run_step(plan, step, repetition, pipeline=pipeline)
+            record_outcome(store, run_id, outcome)
+            outcomes.append(outcome)
+    return outcomes
 
 
 def with_api_load(plan: TestPlan) -> list[tuple[Step, int]]:
