@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import StackConfig
-from pipeline.stack.base import KAFKA, STREAMING_JOB
+from pipeline.stack.base import INFRASTRUCTURE, KAFKA, STREAMING_JOB
 from weatherbench.manifest import build_manifest
 from weatherbench.reference import ReferenceResult, measure_ceilings
 from weatherbench.runner import NATURAL_MESSAGE_BYTES, Bench, StepOutcome, bench_config, with_rate
@@ -303,8 +303,10 @@ def _run_reference(
     plan: TestPlan, bench: Bench, store: ResultsStore, run_id: str, progress
 ) -> ReferenceResult:
     step = plan.steps[0]
+    progress("reference: stopping the pipeline's services; starting the infrastructure alone")
+    bench.stack.down()
+    bench.up(INFRASTRUCTURE)
     ceilings = measure_ceilings(
-        bench.stack,
         bench.config,
         record_size=step.load.message_bytes or NATURAL_MESSAGE_BYTES,
         stations=step.load.stations,

@@ -32,7 +32,6 @@ from typing import Any
 from pipeline.config import REPO_ROOT, StackConfig
 from pipeline.jobs import run_spark_job
 from pipeline.kafka_topics import APPEND_TIME, admin_client, delete_topics, ensure_topic
-from pipeline.stack.base import INFRASTRUCTURE
 from weatherbench.metrics import Metric
 
 PERF_TOPIC = "weather-bench-perf"
@@ -174,7 +173,6 @@ class ReferenceResult:
 
 
 def measure_ceilings(
-    stack: Any,
     config: StackConfig,
     record_size: int,
     stations: int,
@@ -183,11 +181,8 @@ def measure_ceilings(
     spark_rows_per_second: int = 20_000,
     spark_seconds: float = 60,
 ) -> ReferenceResult:
-    """Both ceilings on the infrastructure alone (the pipeline's services are stopped first)."""
+    """Both ceilings; the caller runs the infrastructure alone (no pipeline services) first."""
     result = ReferenceResult()
-    progress("reference: stopping the pipeline's services; starting the infrastructure alone")
-    stack.down()
-    stack.up(INFRASTRUCTURE)
     began = time.monotonic()
     progress(f"reference: Kafka ProducerPerformance, {kafka_records} records of {record_size} B")
     result.kafka = kafka_producer_ceiling(config, kafka_records, record_size, config.kafka.partitions)
