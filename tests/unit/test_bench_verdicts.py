@@ -103,3 +103,21 @@ def test_api_load_steps_pair_up_and_compare() -> None:
     assert impact["latency.e2e.p95 with"] == 12_000
     assert impact["api_rps"] == 30
     assert math.isnan(impact["api_error_rate"])
+
+
+def test_bench_config_takes_the_step_shape_and_keeps_the_base_ports(tmp_path) -> None:
+    from pipeline.config import load_config
+    from weatherbench.runner import bench_config
+
+    base = load_config(environ={}, overrides={"api": {"port": 18999}})
+    shape = load_workload("quick").plan("brokers").steps[1].stack
+    config = bench_config(base, shape, tmp_path / "bench")
+    assert config.state_dir == tmp_path / "bench"
+    assert config.kafka.brokers == 3 and config.kafka.replication_factor == 3
+    assert (config.spark.window, config.spark.watermark, config.spark.trigger) == (
+        shape.window,
+        shape.watermark,
+        shape.trigger,
+    )
+    assert config.spark.workers == shape.spark_workers and config.ray.workers == shape.ray_workers
+    assert config.api.port == 18999
