@@ -231,7 +231,9 @@ def _print_table(steps: list[dict[str, Any]], headline: list[tuple[str, str]]) -
             cells.append(f"{text:>18s}")
         verdict = {True: "sustained", False: "NOT sustained", None: ""}[entry["sustained"]]
         if entry.get("bottleneck"):
-            verdict += f" (bottleneck: {entry['bottleneck']})"
+            # A step that held its load only shows which tier came closest to saturating.
+            role = "nearest to saturation" if entry["sustained"] else "bottleneck"
+            verdict += f" ({role}: {entry['bottleneck']})"
         print(f"{entry['label']:28s}" + "".join(cells) + f"  {verdict}")
 
 

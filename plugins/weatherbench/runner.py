@@ -589,7 +589,8 @@ class Bench:
                 "sustained" if outcome.sustained else "NOT sustained: " + "; ".join(outcome.reasons),
             ]
             if outcome.bottleneck:
-                parts.append(f"bottleneck {outcome.bottleneck}")
+                role = "nearest to saturation" if outcome.sustained else "bottleneck"
+                parts.append(f"{role}: {outcome.bottleneck} ({'; '.join(outcome.bottleneck_reasons)})")
         else:
             parts.append(f"balance {outcome.value('kafka.balance_score'):.1f}%")
         return ", ".join(parts)
