@@ -106,7 +106,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "T2 kafka->spark batch (max in window)": ("", "t2_max_ms"),
     "T3 spark batch->features in kafka": ("spark_time", "features_kafka_time"),
     "T4 features in kafka->ray start": ("features_kafka_time", "ray_start"),
-    "T5 ray inference": ("ray_start", "ray_end"),
+    "T5 ray inference": ("", "inference_ms"),
     "T6 prediction in kafka->api": ("prediction_kafka_time", "api_time"),
     "window end->api (window close)": ("window_end", "api_time"),
     "latest ingestion->api (end to end)": ("ingestion_time_max", "api_time"),

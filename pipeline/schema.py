@@ -137,5 +137,6 @@ PREDICTION_FIELDS = (
     "features_kafka_time",  # broker append time of the feature record
     "ray_start",
     "ray_end",
+    "inference_ms",  # the model call's duration, fractional ms
     "actor_id",
 )
