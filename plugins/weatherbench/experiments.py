@@ -229,10 +229,19 @@ def _run_steps(plan: TestPlan, bench: Bench, store: ResultsStore, run_id: str) -
     outcomes = []
     for step, users in with_api_load(plan):
         bench.shape_stack(step.stack)
-        for repetition in range(plan.repetitions):
-            outcome = bench.run_step(plan, step, repetition, api_users=users)
-            record_outcome(store, run_id, outcome)
-            outcomes.append(outcome)
+        outcomes += _repetitions(plan, bench, store, run_id, step, api_users=users)
+    return outcomes
+
+
+def _repetitions(
+    plan: TestPlan, bench: Bench, store: ResultsStore, run_id: str, step: Step, **options: Any
+) -> list[StepOutcome]:
+    """Run one step `plan.repetitions` times, storing each outcome as soon as it exists."""
+    outcomes = []
+    for repetition in range(plan.repetitions):
+        outcome = bench.run_step(plan, step, repetition, **options)
+        record_outcome(store, run_id, outcome)
+        outcomes.append(outcome)
     return outcomes
 
 
@@ -249,10 +258,7 @@ def _run_partitions(plan: TestPlan, bench: Bench, store: ResultsStore, run_id: s
     outcomes = []
     for step in plan.steps:
         bench.set_benchmark_partitions(step.stack.partitions)
-        for repetition in range(plan.repetitions):
-            outcome = bench.run_step(plan, step, repetition, pipeline=pipeline)
-            record_outcome(store, run_id, outcome)
-            outcomes.append(outcome)
+        outcomes += _repetitions(plan, bench, store, run_id, step, pipeline=pipeline)
     return outcomes
 
 
@@ -380,8 +386,5 @@ def _run_brokers(
         progress(f"Kafka with {step.stack.brokers} broker(s)")
         bench.reconfigure_brokers(step.stack.brokers)
         bench.set_benchmark_partitions(step.stack.partitions)
-        for repetition in range(plan.repetitions):
-            outcome = bench.run_step(plan, step, repetition, pipeline=False)
-            record_outcome(store, run_id, outcome)
-            outcomes.append(outcome)
+        outcomes += _repetitions(plan, bench, store, run_id, step, pipeline=False)
     return outcomes
