@@ -38,7 +38,7 @@ from pipeline.producer.loadgen import LoadResult, LoadSpec, close_windows, run_o
 from pipeline.producer.observations import ObservationSource, make_source
 from pipeline.producer.producer import DeliveryLedger, WeatherProducer
 from pipeline.stack import get_stack
-from pipeline.stack.base import KAFKA, RAY_WORKER, SPARK_WORKER, STREAMING_JOB, Stack
+from pipeline.stack.base import COMPONENTS, KAFKA, RAY_WORKER, SPARK_WORKER, STREAMING_JOB, Stack
 from weatherbench.collectors.api_load import ApiLoadCollector, ApiLoadSpec
 from weatherbench.collectors.base import Collector
 from weatherbench.collectors.kafka import KafkaFlowCollector, clock_sanity, topic_metrics
@@ -306,10 +306,11 @@ class Bench:
             shutil.rmtree(self.config.state_dir / "checkpoints", ignore_errors=True)
         self._copy_model()
         began = time.monotonic()
-        if components is None:
-            self.stack.up()
-        else:
-            self.stack.up(components)
+        # Kafka first, so the benchmark topic gets the session's partition count before a
+        # streaming job reads it (an earlier Kafka-only partition run may have grown it).
+        self.stack.up((KAFKA,))
+        self.set_benchmark_partitions(self.shape.partitions)
+        self.stack.up(components or COMPONENTS)
         self.progress(f"stack up in {time.monotonic() - began:.0f} s (state in {self.config.state_dir})")
 
     def reconfigure_brokers(self, brokers: int) -> None:
@@ -378,8 +379,12 @@ class Bench:
                 )
             from pipeline.kafka_topics import delete_topics
 
-            self.progress(f"recreating {topic} with {partitions} partitions")
+            self.progress(
+                f"recreating {topic} with {partitions} partitions (and a fresh streaming checkpoint)"
+            )
             delete_topics(admin, [topic])
+            # The checkpoint holds offsets of partitions that no longer exist.
+            shutil.rmtree(self.config.state_dir / "checkpoints", ignore_errors=True)
             ensure_topic(admin, topic, partitions, rf, config={**APPEND_TIME, **retention})
 
     # ------------------------------------------------------------------ one step
