@@ -33,10 +33,10 @@ from pipeline.config import StackConfig
 from pipeline.stack.base import INFRASTRUCTURE, KAFKA, STREAMING_JOB
 from weatherbench.manifest import build_manifest
 from weatherbench.reference import ReferenceResult, measure_ceilings
-from weatherbench.runner import NATURAL_MESSAGE_BYTES, Bench, StepOutcome, bench_config, with_rate
+from weatherbench.runner import NATURAL_MESSAGE_BYTES, Bench, StepOutcome, bench_config
 from weatherbench.stats import RateSearch, fewest_sufficient, mean_ci, scaling_points
 from weatherbench.store import ResultsStore
-from weatherbench.workloads import Step, TestPlan
+from weatherbench.workloads import Step, TestPlan, with_step
 
 HEADLINE = (
     ("throughput.offered", "msg/s"),
@@ -355,7 +355,7 @@ def _run_search(
     search = RateSearch(plan.search.low, plan.search.high, plan.search.max_steps, plan.search.resolution)
     outcomes = []
     while (rate := search.next_rate()) is not None:
-        step = replace(with_rate(base_step, round(rate, 2)), index=first_index + len(outcomes))
+        step = replace(with_step(base_step, rate=round(rate, 2)), index=first_index + len(outcomes))
         outcome = bench.run_step(plan, step, 0)
         record_outcome(store, run_id, outcome)
         outcomes.append(outcome)

@@ -46,7 +46,7 @@ from weatherbench.collectors.ray import RayCollector
 from weatherbench.collectors.resources import ResourceSampler
 from weatherbench.collectors.spark import SparkCollector
 from weatherbench.metrics import Metric, Series
-from weatherbench.stats import LatencyHistogram, lag_trend, name_bottleneck, percentile_key
+from weatherbench.stats import LatencyHistogram, balance_score, lag_trend, name_bottleneck, percentile_key
 from weatherbench.workloads import LoadSettings, Slo, StackShape, Step, TestPlan
 
 log = logging.getLogger(__name__)
@@ -95,12 +95,11 @@ def bench_config(base: StackConfig, shape: StackShape, state_dir: Path | None = 
 class PaddedSource:
     """Observations padded with a `pad` field so each encoded message is about `target_bytes`."""
 
-    ENVELOPE_BYTES = 260  # ids, trace stamps and weather fields of an encoded observation
-
     def __init__(self, inner: ObservationSource, target_bytes: int) -> None:
         self.inner = inner
         self.name = f"{inner.name}+pad{target_bytes}"
-        self.pad = "x" * max(0, target_bytes - self.ENVELOPE_BYTES)
+        # The envelope (ids, trace stamps, weather fields) plus `"pad":""` is the natural size.
+        self.pad = "x" * max(0, target_bytes - NATURAL_MESSAGE_BYTES - len(',"pad":""'))
 
     def observe(self, station_id: str, event_time_ms: int) -> dict[str, Any]:
         return {**self.inner.observe(station_id, event_time_ms), "pad": self.pad}
@@ -543,8 +542,6 @@ class Bench:
         if pipeline:
             topics += [self.config.kafka.features_topic, self.config.kafka.predictions_topic]
         outcome.metrics += topic_metrics(admin, topics, self.config.state_dir / "kafka")
-        from weatherbench.stats import balance_score
-
         outcome.metrics.append(
             Metric("kafka.balance_score", balance_score(outcome.partition_counts), "%", "kafka")
         )
@@ -599,7 +596,3 @@ class Bench:
         else:
             parts.append(f"balance {outcome.value('kafka.balance_score'):.1f}%")
         return ", ".join(parts)
-
-
-def with_rate(step: Step, rate: float) -> Step:
-    return replace(step, load=replace(step.load, rate=rate), label=f"rate={rate:g}")

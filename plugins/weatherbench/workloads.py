@@ -406,9 +406,8 @@ def load_workload(profile_or_path: str | Path) -> Workload:
 
 
 def with_step(step: Step, **changes: Any) -> Step:
-    """A copy of a step with load fields changed (used by searches that pick the rate at run time)."""
+    """A copy of a step with load or stack fields changed (a search picks the rate at run time)."""
     load_names = {f.name for f in fields(LoadSettings)}
     load = replace(step.load, **{k: v for k, v in changes.items() if k in load_names})
     stack = replace(step.stack, **{k: v for k, v in changes.items() if k not in load_names})
-    label = step_label({k: v for k, v in changes.items()})
-    return replace(step, load=load, stack=stack, label=label)
+    return replace(step, load=load, stack=stack, label=step_label(changes))

@@ -121,3 +121,16 @@ def test_bench_config_takes_the_step_shape_and_keeps_the_base_ports(tmp_path) ->
     )
     assert config.spark.workers == shape.spark_workers and config.ray.workers == shape.ray_workers
     assert config.api.port == 18999
+
+
+def test_padded_observations_come_out_near_the_requested_size() -> None:
+    from pipeline.producer.observations import make_source
+    from pipeline.producer.producer import WeatherProducer
+    from pipeline.schema import encode
+    from weatherbench.runner import PaddedSource
+
+    # Nothing listens on port 9: the record is built and queued, never delivered.
+    producer = WeatherProducer("127.0.0.1:9", "unused", {"log_level": 0})
+    source = PaddedSource(make_source("synthetic"), 2000)
+    record = producer.send("bench-0001", 1_790_000_000_000, source.observe("bench-0001", 1_790_000_000_000))
+    assert abs(len(encode(record)) - 2000) <= 40
