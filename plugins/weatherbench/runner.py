@@ -33,7 +33,14 @@ from typing import Any
 
 from pipeline.accounting import Accounting, account, expected_windows, fetch_predictions, stage_latencies
 from pipeline.config import StackConfig, load_config
-from pipeline.kafka_topics import APPEND_TIME, admin_client, describe_topics, ensure_topic, set_partitions
+from pipeline.kafka_topics import (
+    APPEND_TIME,
+    admin_client,
+    delete_topics,
+    describe_topics,
+    ensure_topic,
+    set_partitions,
+)
 from pipeline.producer.loadgen import LoadResult, LoadSpec, close_windows, run_open_loop
 from pipeline.producer.observations import ObservationSource, make_source
 from pipeline.producer.producer import DeliveryLedger, WeatherProducer
@@ -376,8 +383,6 @@ class Bench:
                     "topic; recreating it under the running streaming job would break its checkpoint. "
                     "Run partition steps in ascending order, or with only Kafka up."
                 )
-            from pipeline.kafka_topics import delete_topics
-
             self.progress(
                 f"recreating {topic} with {partitions} partitions (and a fresh streaming checkpoint)"
             )
