@@ -13,12 +13,18 @@
     benchmark_system --test reference     # sustainable rate next to Kafka's and Spark's own ceilings
     benchmark_system runs                 # stored runs, newest first
     benchmark_system show RUN_ID          # one stored run's summary
+    benchmark_system report --run RUN_ID [--run RUN_ID ...] [--email ADDR]   # PDF + HTML report
+    benchmark_system compare BASE_RUN RUN # headline metrics of RUN against BASE_RUN, and a report
+    benchmark_system mail-sink start|stop|status   # the local SMTP sink writing reports/mail/*.eml
+    benchmark_system --test latency --report --email ADDR   # run, then report and e-mail
 
 The workload profile (`--profile quick|full` or `--workload FILE`) gives
 every default; options override it. Progress prints while it runs; results
 go to the results store (`--results-url`, env WB_RESULTS_URL, default a
 SQLite file under .state/results) and to a JSON file. Parameters are checked
-before the stack is touched.
+before the stack is touched. Reports compare each run with the same test's
+previous runs and flag regressions; e-mail goes to the SMTP server in
+WB_SMTP_URL or AIRFLOW_CONN_SMTP_DEFAULT, else to the local SMTP sink.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from pipeline.config import REPO_ROOT, ConfigError, load_config
 from weatherbench.workloads import TestPlan, WorkloadError, load_workload
 
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "reports" / "results"
+DEFAULT_REPORT_DIR = REPO_ROOT / "reports"
 GUIDE_TESTS = (
     "latency",
     "throughput",
@@ -68,6 +75,9 @@ RESOURCE_COMPONENTS = (
 )
 
 
+COMMANDS = ("run", "runs", "show", "report", "compare", "mail-sink")
+
+
 class UsageError(ValueError):
     """A command-line parameter is invalid; the message names it."""
 
@@ -91,8 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n")[1],
     )
-    parser.add_argument("command", nargs="?", choices=("run", "runs", "show"), default="run")
-    parser.add_argument("run_id", nargs="?", help="with `show`: the run to show")
+    parser.add_argument("command", nargs="?", choices=COMMANDS, default="run")
+    parser.add_argument(
+        "arguments",
+        nargs="*",
+        metavar="ARG",
+        help="show RUN_ID | report RUN_ID... | compare BASE_RUN RUN | mail-sink start|stop|status",
+    )
     parser.add_argument(
         "--test", choices=GUIDE_TESTS, help="which benchmark (default: partitions if --partitions)"
     )
@@ -122,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--broker", help="ignored: the stack's own Kafka is used (kept for the guide's scripts)"
     )
+    reports = parser.add_argument_group("reports")
+    reports.add_argument("--run", action="append", default=[], help="report: a run to include (repeatable)")
+    reports.add_argument("--report", action="store_true", help="after a test run, build its report")
+    reports.add_argument("--email", help="e-mail the report to these addresses (comma-separated)")
+    reports.add_argument("--report-dir", type=Path, help="where reports go (default reports/)")
+    reports.add_argument(
+        "--baseline-runs", type=int, default=5, help="regressions: compare with this many previous runs"
+    )
+    reports.add_argument(
+        "--threshold",
+        type=float,
+        default=0.2,
+        help="regressions: smallest relative change that counts (a fraction; default 0.2)",
+    )
+    reports.add_argument("--sink-dir", type=Path, help="mail-sink start: where .eml files go (reports/mail)")
     return parser
 
 
@@ -308,9 +338,99 @@ def _print_details(summary: dict[str, Any], args: argparse.Namespace, metrics: l
             print(f"   {name:14s} CPU {cpu} % of a core   RSS {rss} MB")
 
 
+def _report(
+    store: Any, args: argparse.Namespace, run_ids: list[str], baseline: list[str] | None = None
+) -> int:
+    """Build (and maybe e-mail) the report of these runs; prints where it went and what it found."""
+    from weatherbench.report import build_report
+
+    recipients = None
+    if args.email:
+        from weatherbench.mail import parse_recipients
+
+        recipients = parse_recipients(args.email)  # a bad address fails before the report is built
+    out_dir = args.report_dir or DEFAULT_REPORT_DIR
+    result = build_report(
+        store,
+        run_ids,
+        out_dir,
+        baseline_runs=args.baseline_runs,
+        relative=args.threshold,
+        baseline_run_ids=baseline,
+    )
+    print(f"\n== report: {result.status.label}, {len(result.regressions)} regression(s)")
+    for comparison in result.regressions:
+        from weatherbench.report.content import regression_sentence
+
+        print(f"   {regression_sentence(comparison)}")
+    print(f"   PDF:  {result.pdf}\n   HTML: {result.html}\n   built in {result.build_seconds:.1f} s")
+    if recipients:
+        from weatherbench.report.delivery import deliver_report
+
+        delivery = deliver_report(result, recipients)
+        where = f" (stored under {delivery.sink_dir})" if delivery.sink_dir else ""
+        print(
+            f"   e-mailed to {', '.join(delivery.receipt.accepted)} via {delivery.settings.describe()}{where}"
+        )
+        print(f"   subject: {result.subject}")
+        if delivery.receipt.refused:
+            print(f"   refused: {', '.join(delivery.receipt.refused)}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _compare(store: Any, args: argparse.Namespace) -> int:
+    if len(args.arguments) != 2:
+        raise UsageError("compare: give two run ids, the baseline first: compare BASE_RUN RUN")
+    from weatherbench.report.data import RunData
+    from weatherbench.report.regressions import detect_regressions
+    from weatherbench.report.targets import format_value
+
+    base_id, run_id = args.arguments
+    base, run = store.get_run(base_id), RunData.load(store, run_id)
+    if base.test != run.test:
+        raise UsageError(f"compare: {base_id} is a {base.test} run and {run_id} a {run.test} run")
+    print(f"== {run_id} against {base_id}")
+    print(f"{'metric':34s}{'step':18s}{'baseline':>14s}{'this run':>14s}{'change':>9s}  verdict")
+    for c in detect_regressions(store, run, relative=args.threshold, baseline_run_ids=[base_id]):
+        unit = c.headline.unit
+        base_text = format_value(c.median, unit) if c.baseline else "n/a"
+        change = "" if c.relative_change != c.relative_change else f"{c.relative_change:+.0%}"
+        print(
+            f"{c.headline.label:34s}{c.step[:17]:18s}{base_text:>14s}{format_value(c.value, unit):>14s}"
+            f"{change:>9s}  {c.change.value}"
+        )
+    return _report(store, args, [run_id], baseline=[base_id])
+
+
+def _mail_sink(args: argparse.Namespace) -> int:
+    from weatherbench.mail import sink_port
+    from weatherbench.mailsink import sink_status, start_sink, stop_sink
+    from weatherbench.report.delivery import SINK_OUT_DIR, SINK_STATE_DIR
+
+    action = args.arguments[0] if args.arguments else "status"
+    if action == "start":
+        info = start_sink(args.sink_dir or SINK_OUT_DIR, sink_port(), SINK_STATE_DIR)
+        print(f"mail sink pid {info.pid} on {info.host}:{info.port}, writing {info.out_dir}")
+    elif action == "stop":
+        print("mail sink stopped" if stop_sink(SINK_STATE_DIR) else "no mail sink was running")
+    elif action == "status":
+        info = sink_status(SINK_STATE_DIR)
+        print(
+            "no mail sink running"
+            if info is None
+            else f"mail sink pid {info.pid} on {info.host}:{info.port}, writing {info.out_dir}"
+        )
+    else:
+        raise UsageError(f"mail-sink: expected start, stop or status, got {action!r}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from weatherbench.store import ResultsStore
+    from weatherbench.mail import MailError
+    from weatherbench.report import ReportError
+    from weatherbench.store import ResultsStore, StoreError
 
     try:
         if args.command == "runs":
@@ -319,10 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{run.run_id:40s} {run.test:18s} {run.status:8s} {run.started_at}")
             return 0
         if args.command == "show":
-            if not args.run_id:
-                raise UsageError("show: give a RUN_ID (see `benchmark_system runs`)")
+            if len(args.arguments) != 1:
+                raise UsageError("show: give one RUN_ID (see `benchmark_system runs`)")
             store = ResultsStore(args.results_url)
-            run = store.get_run(args.run_id)
+            run = store.get_run(args.arguments[0])
             args.test = args.test or run.test.split("-")[0]
             rows = [
                 {"metric": m.metric, "value": m.value, "component": m.component}
@@ -330,9 +450,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             print_summary(run.summary or {}, args, rows)
             return 0
+        if args.command == "report":
+            run_ids = args.run + args.arguments
+            if not run_ids:
+                raise UsageError(
+                    "report: give at least one run: report --run RUN_ID (see `benchmark_system runs`)"
+                )
+            return _report(ResultsStore(args.results_url), args, run_ids)
+        if args.command == "compare":
+            return _compare(ResultsStore(args.results_url), args)
+        if args.command == "mail-sink":
+            return _mail_sink(args)
+        if args.arguments:
+            raise UsageError(f"unexpected argument(s) {' '.join(args.arguments)!r}: options start with --")
+        if args.email:
+            from weatherbench.mail import parse_recipients
+
+            parse_recipients(args.email)  # a bad address fails before the stack is touched
         plan = plan_from_args(args)
         base = load_config()
-    except (UsageError, WorkloadError, ConfigError) as exc:
+    except (UsageError, WorkloadError, ConfigError, MailError, ReportError, StoreError) as exc:
         print(f"benchmark_system: error: {exc}", file=sys.stderr)
         return 2
     from weatherbench.experiments import run_test
@@ -358,4 +495,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"results: {args.output}")
     exported = json.loads(result.json_path.read_text()) if result.json_path else {}
     print_summary(result.summary, args, exported.get("metrics", []))
-    return 0 if result.status == "passed" else 1
+    code = 0 if result.status == "passed" else 1
+    if args.report or args.email:
+        try:
+            code = max(code, _report(store, args, [result.run_id]))
+        except (MailError, ReportError) as exc:
+            print(f"benchmark_system: error: {exc}", file=sys.stderr)
+            return 1
+    return code

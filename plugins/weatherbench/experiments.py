@@ -32,6 +32,7 @@ from typing import Any
 from pipeline.config import StackConfig
 from pipeline.stack.base import INFRASTRUCTURE, KAFKA, STREAMING_JOB
 from weatherbench.manifest import build_manifest
+from weatherbench.metrics import Metric
 from weatherbench.reference import ReferenceResult, measure_ceilings
 from weatherbench.runner import NATURAL_MESSAGE_BYTES, Bench, StepOutcome, bench_config
 from weatherbench.stats import RateSearch, fewest_sufficient, mean_ci, scaling_points
@@ -59,6 +60,7 @@ HEADLINE = (
     ("latency.t1_producer.p99", "ms"),
     ("resources.machine.cpu.mean", "%"),
 )
+SEARCH_RESULT_STEP = "search result"
 SCALED = {
     "scalability-spark": ("spark_workers", "spark.capacity"),
     "scalability-ray": ("ray_workers", "ray.capacity"),
@@ -207,6 +209,7 @@ def run_test(
             result.summary["api_load_impact"] = api_load_impact(result.outcomes)
         if plan.test in ("sustainable", "reference"):
             result.summary["search"] = _search_summary(result.outcomes)
+            _record_search_result(store, run_id, result.summary["search"], len(result.outcomes) + 1)
         if ceilings is not None:
             result.summary["reference"] = reference_summary(ceilings, result.outcomes)
         failed = [o for o in result.outcomes if o.accounting and o.accounting.get("lost_messages", 0) > 0]
@@ -375,6 +378,18 @@ def _search_summary(outcomes: list[StepOutcome]) -> dict[str, Any]:
             {"rate": o.step.load.rate, "sustained": o.sustained, "reasons": o.reasons} for o in outcomes
         ],
     }
+
+
+def _record_search_result(store: ResultsStore, run_id: str, search: dict[str, Any], index: int) -> None:
+    """The sustainable rate as a metric of its own step, so runs can be compared on it over time."""
+    rate = search["sustainable_rate"]
+    store.record_metrics(
+        run_id,
+        SEARCH_RESULT_STEP,
+        index,
+        0,
+        [Metric("throughput.sustainable", math.nan if rate is None else rate, "msg/s")],
+    )
 
 
 def _run_brokers(

@@ -712,6 +712,94 @@ class ResultsStore:
             ],
         }
 
+    def import_run(self, exported: Mapping[str, Any]) -> str:
+        """Store a run from an ``export_run`` document (another machine's results, say) as it was.
+
+        Times, status, metrics, series and histograms are kept; an existing
+        run with the same id is refused. Returns the run_id.
+        """
+        if not isinstance(exported, Mapping) or exported.get("format") != EXPORT_FORMAT:
+            raise StoreInputError(f"not a run export: expected format {EXPORT_FORMAT!r}")
+        run = _json_object(exported.get("run"), "run")
+        run_id = _text(run.get("run_id"), "run.run_id", _ID_LEN)
+        status = run.get("status")
+        if status not in FINISHED_STATUSES:
+            raise StoreInputError(f"run.status {status!r}: only finished runs can be imported")
+        manifest = _json_object(run.get("manifest") or {}, "run.manifest")
+        runs_row = {
+            "run_id": run_id,
+            "test": _text(run.get("test"), "run.test", _NAME_LEN),
+            "profile": _text(run.get("profile"), "run.profile", _NAME_LEN),
+            "status": status,
+            "started_at": _parse_time(run.get("started_at"), "run.started_at"),
+            "finished_at": _parse_time(run.get("finished_at"), "run.finished_at"),
+            "git_commit": _git_commit(manifest),
+            "parameters": _json_object(run.get("parameters") or {}, "run.parameters"),
+            "manifest": manifest,
+            "summary": None if run.get("summary") is None else _json_object(run["summary"], "run.summary"),
+        }
+
+        def where(item: Mapping[str, Any], field: str) -> dict[str, Any]:
+            step, step_index, repetition = _step(
+                item.get("step"), item.get("step_index"), item.get("repetition")
+            )
+            return {"run_id": run_id, "step": step, "step_index": step_index, "repetition": repetition}
+
+        results = []
+        for i, item in enumerate(exported.get("metrics", [])):
+            field = f"metrics[{i}]"
+            value = float(item["non_finite"]) if item.get("non_finite") else item.get("value")
+            number, non_finite = _split_value(value, f"{field}.value")
+            results.append(
+                {
+                    **where(item, field),
+                    "test": runs_row["test"],
+                    "metric": _text(item.get("metric"), f"{field}.metric", _LABEL_LEN),
+                    "component": _text(
+                        item.get("component", ""), f"{field}.component", _NAME_LEN, allow_empty=True
+                    ),
+                    "value": number,
+                    "non_finite": non_finite,
+                    "unit": _text(item.get("unit", ""), f"{field}.unit", _UNIT_LEN, allow_empty=True),
+                    "recorded_at": _parse_time(item.get("recorded_at"), f"{field}.recorded_at"),
+                }
+            )
+        series = [
+            {
+                **where(item, f"series[{i}]"),
+                "name": _text(item.get("name"), f"series[{i}].name", _LABEL_LEN),
+                "unit": _text(item.get("unit", ""), f"series[{i}].unit", _UNIT_LEN, allow_empty=True),
+                "points": _series_points(
+                    [(t, math.nan if v is None else v) for t, v in item.get("points", [])], f"series[{i}]"
+                ),
+            }
+            for i, item in enumerate(exported.get("series", []))
+        ]
+        histograms = [
+            {
+                **where(item, f"histograms[{i}]"),
+                "name": _text(item.get("name"), f"histograms[{i}].name", _LABEL_LEN),
+                "unit": _text(item.get("unit", ""), f"histograms[{i}].unit", _UNIT_LEN, allow_empty=True),
+                "count": _non_negative(item.get("count"), f"histograms[{i}].count"),
+                "encoded": _text(item.get("encoded"), f"histograms[{i}].encoded", max_len=None),
+            }
+            for i, item in enumerate(exported.get("histograms", []))
+        ]
+        self._ensure_schema()
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(runs_table).values(**runs_row))
+                for table, rows in (
+                    (results_table, results),
+                    (series_table, series),
+                    (histograms_table, histograms),
+                ):
+                    if rows:
+                        conn.execute(insert(table), rows)
+        except IntegrityError:
+            raise StoreError(f"run_id {run_id!r} already exists (or the export repeats a row)") from None
+        return run_id
+
     # -- internals ---------------------------------------------------------------------------------
 
     def _ensure_schema(self) -> None:
@@ -928,6 +1016,16 @@ def _git_commit(manifest: Mapping[str, Any]) -> str | None:
 def _new_run_id(test: str, started_at: datetime) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", test.lower()).strip("-")[:40].strip("-") or "run"
     return f"{started_at:%Y%m%dT%H%M%SZ}-{slug}-{secrets.token_hex(2)}"
+
+
+def _parse_time(text: Any, field: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except ValueError:
+        raise StoreInputError(f"{field}: not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _iso(moment: datetime | None) -> str | None:
