@@ -16,6 +16,7 @@
     benchmark_system report --run RUN_ID [--run RUN_ID ...] [--email ADDR]   # PDF + HTML report
     benchmark_system compare BASE_RUN RUN # headline metrics of RUN against BASE_RUN, and a report
     benchmark_system mail-sink start|stop|status   # the local SMTP sink writing reports/mail/*.eml
+    benchmark_system import FILE.json ... # runs exported elsewhere (reports/results/*.json) into the store
     benchmark_system --test latency --report --email ADDR   # run, then report and e-mail
 
 The workload profile (`--profile quick|full` or `--workload FILE`) gives
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import REPO_ROOT, ConfigError, load_config
+from weatherbench.report.regressions import DEFAULT_BASELINE_RUNS, DEFAULT_RELATIVE_THRESHOLD
 from weatherbench.workloads import TestPlan, WorkloadError, load_workload
 
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "reports" / "results"
@@ -75,7 +77,7 @@ RESOURCE_COMPONENTS = (
 )
 
 
-COMMANDS = ("run", "runs", "show", "report", "compare", "mail-sink")
+COMMANDS = ("run", "runs", "show", "report", "compare", "mail-sink", "import")
 
 
 class UsageError(ValueError):
@@ -106,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         "arguments",
         nargs="*",
         metavar="ARG",
-        help="show RUN_ID | report RUN_ID... | compare BASE_RUN RUN | mail-sink start|stop|status",
+        help="show RUN_ID | report RUN_ID... | compare BASE_RUN RUN | mail-sink start|stop|status | "
+        "import FILE...",
     )
     parser.add_argument(
         "--test", choices=GUIDE_TESTS, help="which benchmark (default: partitions if --partitions)"
@@ -143,13 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     reports.add_argument("--email", help="e-mail the report to these addresses (comma-separated)")
     reports.add_argument("--report-dir", type=Path, help="where reports go (default reports/)")
     reports.add_argument(
-        "--baseline-runs", type=int, default=5, help="regressions: compare with this many previous runs"
+        "--baseline-runs",
+        type=int,
+        default=DEFAULT_BASELINE_RUNS,
+        help=f"regressions: compare with this many previous runs (default {DEFAULT_BASELINE_RUNS})",
     )
     reports.add_argument(
         "--threshold",
         type=float,
-        default=0.2,
-        help="regressions: smallest relative change that counts (a fraction; default 0.2)",
+        default=DEFAULT_RELATIVE_THRESHOLD,
+        help="regressions: smallest relative change that counts, a fraction "
+        f"(default {DEFAULT_RELATIVE_THRESHOLD})",
     )
     reports.add_argument("--sink-dir", type=Path, help="mail-sink start: where .eml files go (reports/mail)")
     return parser
@@ -403,6 +410,28 @@ def _compare(store: Any, args: argparse.Namespace) -> int:
     return _report(store, args, [run_id], baseline=[base_id])
 
 
+def _import(store: Any, files: list[str]) -> int:
+    """Store runs from result files (another machine's, a CI artifact); runs already stored are skipped."""
+    from weatherbench.store import UnknownRunError
+
+    if not files:
+        raise UsageError("import: give one or more result files (reports/results/<run>.json)")
+    for name in files:
+        try:
+            exported = json.loads(Path(name).read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"import: cannot read {name}: {exc}") from None
+        run_id = (exported.get("run") or {}).get("run_id", "?") if isinstance(exported, dict) else "?"
+        try:
+            store.get_run(run_id)
+            print(f"{run_id}: already stored, skipped")
+            continue
+        except UnknownRunError:
+            pass
+        print(f"{store.import_run(exported)}: imported from {name}")
+    return 0
+
+
 def _mail_sink(args: argparse.Namespace) -> int:
     from weatherbench.mail import sink_port
     from weatherbench.mailsink import sink_status, start_sink, stop_sink
@@ -461,6 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare(ResultsStore(args.results_url), args)
         if args.command == "mail-sink":
             return _mail_sink(args)
+        if args.command == "import":
+            return _import(ResultsStore(args.results_url), args.arguments)
         if args.arguments:
             raise UsageError(f"unexpected argument(s) {' '.join(args.arguments)!r}: options start with --")
         if args.email:

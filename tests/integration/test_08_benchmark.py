@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pypdf import PdfReader
 
 from pipeline.stack.local import LocalStack
 from weatherbench.experiments import run_test
+from weatherbench.report import build_report
+from weatherbench.report.targets import format_value
 from weatherbench.store import ResultsStore
 from weatherbench.workloads import WORKLOAD_DIR, load_workload
 
@@ -154,6 +157,15 @@ def test_latency_experiment_measures_every_stage_and_loses_nothing(
     exported = json.loads(result.json_path.read_text())
     assert exported["run"]["manifest"]["git"]["commit"]
     assert exported["run"]["summary"]["steps"][0]["lost_messages"] == 0
+
+    # The run's report: page 1 judges what was just measured against the guide's targets.
+    report = build_report(store, [result.run_id], tmp_path / "report")
+    page_one = " ".join(PdfReader(report.pdf).pages[0].extract_text().split())
+    worst_e2e = max(o.value("latency.e2e.p95") for o in result.outcomes)
+    assert f"End-to-end latency (p95) < 1 min > 2 min {format_value(worst_e2e, 'ms')}" in page_one
+    assert "Message loss rate 0% > 0.1% 0% all steps" in page_one
+    html = report.html.read_text()
+    assert "Serving API under query load" in html and result.run_id in html
 
 
 def test_partition_steps_account_every_message_to_a_partition(

@@ -7,6 +7,7 @@ PDF is read back with pypdf and its pages rendered with PDFium.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -251,3 +252,18 @@ def test_report_of_a_run_before_newer_runs_only_compares_with_older_ones(store):
     e2e = [c for c in comparisons if c.headline.metric == "latency.e2e.p95"]
     assert e2e and all(len(c.baseline) == 2 for c in e2e)  # the two runs before it, not the later one
     assert all(c.change is not Change.REGRESSION for c in comparisons)
+
+
+def test_cli_imports_a_run_export_once_and_keeps_it_as_it_was(store, tmp_path, capsys):
+    exported = load_export(LATENCY_RUN)
+    path = tmp_path / f"{LATENCY_RUN}.json"
+    path.write_text(json.dumps(exported))
+    assert cli.main(["import", str(path), "--results-url", store.url]) == 0
+    assert f"{LATENCY_RUN}: imported" in capsys.readouterr().out
+    assert cli.main(["import", str(path), "--results-url", store.url]) == 0
+    assert f"{LATENCY_RUN}: already stored, skipped" in capsys.readouterr().out
+    again = json.loads(json.dumps(store.export_run(LATENCY_RUN)))
+    assert again == exported
+    path.write_text('{"format": "something else"}')
+    assert cli.main(["import", str(path), "--results-url", store.url]) == 2
+    assert "not a run export" in capsys.readouterr().err

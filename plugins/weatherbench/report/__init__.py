@@ -19,7 +19,7 @@ from pathlib import Path
 from pipeline.config import REPO_ROOT
 from weatherbench.report.content import RunContext, compose, overall_status, regression_sentence
 from weatherbench.report.data import RunData
-from weatherbench.report.document import Document
+from weatherbench.report.document import Banner, Bullets, Document
 from weatherbench.report.regressions import (
     DEFAULT_BASELINE_RUNS,
     DEFAULT_RELATIVE_THRESHOLD,
@@ -50,11 +50,12 @@ class ReportResult:
     targets: list[TargetResult]
     regressions: list[Comparison]
     run_ids: list[str]
+    tests: list[str]
     build_seconds: float
 
     @property
     def subject(self) -> str:
-        tests = ", ".join(dict.fromkeys(run_id.split("-", 1)[1].rsplit("-", 1)[0] for run_id in self.run_ids))
+        tests = ", ".join(dict.fromkeys(self.tests))
         subject = f"[weatherbench] {self.status.label}: {tests}"
         if self.regressions:
             worst = self.regressions[0]
@@ -64,9 +65,12 @@ class ReportResult:
 
     def email_body(self) -> str:
         lines = [self.document.title, self.document.subtitle, ""]
-        banner = next((b for b in self.document.blocks if hasattr(b, "status") and hasattr(b, "text")), None)
+        banner = next((b for b in self.document.blocks if isinstance(b, Banner)), None)
         if banner is not None:
             lines += [banner.text, ""]
+        findings = next((b for b in self.document.blocks if isinstance(b, Bullets) and b.numbered), None)
+        if findings is not None:
+            lines += ["Findings:"] + [f"  {n}. {text}" for n, text in enumerate(findings.items, 1)] + [""]
         lines.append("Targets (guide section 10):")
         for result in self.targets:
             lines.append(
@@ -135,5 +139,6 @@ def build_report(
         targets=targets,
         regressions=found,
         run_ids=[c.data.run_id for c in contexts],
+        tests=[c.data.test for c in contexts],
         build_seconds=time.perf_counter() - started,
     )

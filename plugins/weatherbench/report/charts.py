@@ -78,14 +78,10 @@ def _style(i: int) -> dict:
     }
 
 
-def _legend_below(ax, ncols: int) -> None:
-    """A legend under the x-axis label, where it can cover neither the title nor the data."""
-    ax.legend(
-        frameon=False,
-        ncols=ncols,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.16 if ax.get_xlabel() else -0.1),
-    )
+def _title_over_legend(ax, title: str, ncols: int) -> None:
+    """The title, then a one-row legend between it and the plot: it covers no data and no tick labels."""
+    ax.set_title(title, pad=18)
+    ax.legend(frameon=False, ncols=ncols, loc="lower center", bbox_to_anchor=(0.5, 1.0), borderaxespad=0.2)
 
 
 def _readable(value: float, _pos: object = None) -> str:
@@ -127,8 +123,7 @@ def stage_latency(title: str, stages: Sequence[tuple[str, float, float, float, f
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(_readable))
     ax.set_xlabel("latency (ms, log scale)")
-    ax.set_title(title)
-    _legend_below(ax, ncols=4)
+    _title_over_legend(ax, title, ncols=4)
     return _png(fig)
 
 
@@ -150,11 +145,11 @@ def grouped_bars(
             hatch=HATCHES[i % len(HATCHES)],
             label=name,
         )
-    ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0)
+    ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 6 else 0)
     ax.yaxis.set_major_formatter(FuncFormatter(_readable))
+    ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    _legend_below(ax, ncols=len(groups))
+    _title_over_legend(ax, title, ncols=len(groups))
     return _png(fig)
 
 
@@ -301,7 +296,7 @@ def resources(title: str, rows: Sequence[tuple[str, float, float, float]]) -> by
     cpu_ax.invert_yaxis()
     cpu_ax.set_xlabel("CPU (% of one core)")
     cpu_ax.set_title("CPU per component")
-    cpu_ax.legend(frameon=False, loc="lower right", fontsize=6)
+    cpu_ax.legend(frameon=False, loc="upper right", fontsize=6)
     mem_ax.barh(ys, [r[3] for r in rows], color="#7f7f7f", edgecolor="black", linewidth=0.4, hatch="///")
     mem_ax.set_xlabel("resident memory, max (MB)")
     mem_ax.set_title("Memory per component")
@@ -353,6 +348,7 @@ def trends(
         ax.yaxis.set_major_formatter(FuncFormatter(_readable))
         ticks = sorted({p[0] for line in lines for p in line.points})
         ax.set_xticks(ticks, [run_labels[int(t)] for t in ticks], rotation=30, fontsize=6, ha="right")
+        ax.set_xlabel("run start (UTC)", fontsize=6)
         if len(lines) > 1 or flagged:
             ax.legend(frameon=False, fontsize=6)
     fig.suptitle(title, fontsize=9, fontweight="bold")

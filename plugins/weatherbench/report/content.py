@@ -185,8 +185,15 @@ def _limit_sentence(run: RunData) -> str:
             f"({last['efficiency']:.0%} of linear); the bottleneck named is {bottleneck or 'none'}."
         )
     if bottleneck:
-        reasons = [r for s in run.steps for r in s.summary.get("reasons", [])]
-        text = f"In the {_run_title(run).lower()} run the bottleneck named is {bottleneck}"
+        failed = [s for s in run.steps if s.sustained is False]
+        if not failed:
+            # Every step held: the tier named is only the one closest to saturating.
+            return (
+                f"All {len(run.steps)} step(s) of the {_run_title(run).lower()} run held their load; "
+                f"the tier nearest to saturation is {bottleneck}."
+            )
+        reasons = failed[0].summary.get("reasons", [])
+        text = f"{failed[0].label} did not hold its load; the bottleneck named is {bottleneck}"
         return text + (f": {reasons[0]}." if reasons else ".")
     return ""
 
@@ -352,35 +359,36 @@ def latency_blocks(run: RunData, step: StepInfo) -> list[Any]:
     return blocks
 
 
-def throughput_blocks(run: RunData, step: StepInfo) -> list[Any]:
-    steps = run.steps
-    blocks: list[Any] = []
-    if not run.has("throughput.offered", "producer"):
-        return blocks
-    blocks.append(Heading("Throughput: offered and achieved", 2))
+def _throughput_per_step(run: RunData, steps: Sequence[StepInfo]) -> Chart:
     groups = [
         ("offered", [run.value("throughput.offered", s.index, "producer") for s in steps]),
         ("achieved (acked)", [run.value("throughput.achieved", s.index, "producer") for s in steps]),
     ]
     if run.has("throughput.end_to_end"):
         groups.append(("served end to end", [run.value("throughput.end_to_end", s.index) for s in steps]))
-    blocks.append(
-        Chart(
-            charts.grouped_bars(
-                "Throughput per step", [s.label for s in steps], groups, "messages per second"
-            ),
-            "Offered load, what Kafka acknowledged, and what reached the serving API, per step.",
-        )
+    return Chart(
+        charts.grouped_bars("Throughput per step", [s.label for s in steps], groups, "messages per second"),
+        "Offered load, what Kafka acknowledged, and what reached the serving API, per step.",
     )
-    lines = [
-        Line(label, run.series(name, step.index).points)
-        for name, label in (
+
+
+def throughput_blocks(run: RunData, step: StepInfo) -> list[Any]:
+    steps = run.steps
+    blocks: list[Any] = []
+    if not run.has("throughput.offered", "producer"):
+        return blocks
+    blocks.append(Heading("Throughput: offered and achieved", 2))
+    if len(steps) > 1:  # one step's numbers are in the steps table already
+        blocks.append(_throughput_per_step(run, steps))
+    lines = series_lines(
+        run,
+        step.index,
+        (
             ("throughput.raw", "raw topic"),
             ("throughput.features", "features topic"),
             ("throughput.predictions", "predictions topic"),
-        )
-        if run.series(name, step.index)
-    ]
+        ),
+    )
     if lines:
         blocks.append(
             Chart(
@@ -392,11 +400,9 @@ def throughput_blocks(run: RunData, step: StepInfo) -> list[Any]:
 
 
 def lag_blocks(run: RunData, step: StepInfo) -> list[Any]:
-    lines = [
-        Line(label, run.series(name, step.index).points)
-        for name, label in (("lag.spark", "Spark"), ("lag.ray", "Ray"), ("lag.api", "serving API"))
-        if run.series(name, step.index)
-    ]
+    lines = series_lines(
+        run, step.index, (("lag.spark", "Spark"), ("lag.ray", "Ray"), ("lag.api", "serving API"))
+    )
     if not lines:
         return []
     blocks: list[Any] = [
@@ -488,6 +494,12 @@ def scaling_blocks(run: RunData) -> list[Any]:
     return blocks
 
 
+def series_lines(run: RunData, step_index: int, names: Sequence[tuple[str, str]]) -> list[Line]:
+    """The step's (repetition 0) series of these names, as labelled chart lines; missing ones are skipped."""
+    found = [(run.series(name, step_index), label) for name, label in names]
+    return [Line(label, series.points) for series, label in found if series is not None]
+
+
 def _min_over_components(run: RunData, metric: str, step_index: int) -> float:
     values = [run.value(metric, step_index, c) for c in run.components(metric)]
     values = [v for v in values if not math.isnan(v)]
@@ -558,11 +570,9 @@ def resource_blocks(run: RunData, step: StepInfo) -> list[Any]:
             "memory, per component, sampled every second from the process tree.",
         ),
     ]
-    machine = [
-        Line(label, run.series(name, step.index).points)
-        for name, label in (("resources.machine.cpu", "CPU"), ("resources.machine.memory", "memory"))
-        if run.series(name, step.index)
-    ]
+    machine = series_lines(
+        run, step.index, (("resources.machine.cpu", "CPU"), ("resources.machine.memory", "memory"))
+    )
     if machine:
         blocks.append(
             Chart(
@@ -602,11 +612,9 @@ def fault_blocks(run: RunData) -> list[Any]:
     )
     for fault in faults:
         step_index = fault.get("step_index", 0)
-        lines = [
-            Line(label, run.series(name, step_index).points)
-            for name, label in (("throughput.predictions", "predictions/s"), ("lag.spark", "Spark lag"))
-            if run.series(name, step_index)
-        ]
+        lines = series_lines(
+            run, step_index, (("throughput.predictions", "predictions/s"), ("lag.spark", "Spark lag"))
+        )
         if not lines:
             continue
         markers = [Marker(fault["at_s"], f"{fault.get('kind', 'fault')} ({fault.get('target', '')})")]
