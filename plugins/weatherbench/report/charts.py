@@ -102,7 +102,8 @@ def stage_latency(title: str, stages: Sequence[tuple[str, float, float, float, f
     names = ("p50", "p95", "p99")
     for i, name in enumerate(names):
         ys = [row - (i - 1) * height for row in range(len(stages))]
-        values = [max(s[1 + i], 1e-3) if not math.isnan(s[1 + i]) else 0 for s in stages]
+        # Zero has no place on a log axis: such a bar is left out rather than drawn at an invented value.
+        values = [s[1 + i] if s[1 + i] > 0 else math.nan for s in stages]
         ax.barh(
             ys,
             values,

@@ -584,6 +584,15 @@ def resource_blocks(run: RunData, step: StepInfo) -> list[Any]:
 
 
 def fault_blocks(run: RunData) -> list[Any]:
+    """The fault table and one timeline per fault, from the run summary's ``faults`` list.
+
+    Each fault is a dict: ``kind`` (kill, restart, ...), ``target`` (a component
+    instance), ``step_index`` (whose series to draw), ``at_s`` (the fault instant,
+    seconds since the step start), ``recovery_s`` (None if it never recovered),
+    ``throughput_dip_percent``, ``lost`` and ``duplicated`` messages. The slowest
+    recovery is also judged as the guide's recovery-time target, from the
+    metric ``fault.recovery_s``.
+    """
     faults = run.summary.get("faults") or []
     if not faults:
         return []

@@ -132,8 +132,9 @@ class RunData:
         return steps
 
     def headline_step(self) -> StepInfo | None:
-        """The step whose time series a report shows first: the sustainable rate, else the last step."""
+        """The step a report details: the sustainable rate, else the last step that measured latency."""
         steps = self.verdict_steps()
         with_series = {row.step_index for row in self.series_rows}
-        candidates = [s for s in steps if s.index in with_series] or steps
+        measured = [s for s in steps if not math.isnan(self.value("latency.e2e.p95", s.index))]
+        candidates = measured or [s for s in steps if s.index in with_series] or steps
         return candidates[-1] if candidates else None
