@@ -11,6 +11,8 @@
     benchmark_system --partitions 2,4,8 --stations 50 --rate 50 --duration 120
     benchmark_system --test brokers --brokers 1,3
     benchmark_system --test reference     # sustainable rate next to Kafka's and Spark's own ceilings
+    benchmark_system --test fault-tolerance --component spark-worker   # faults under load (every one
+    benchmark_system --test recovery --component spark                 #   without --component)
     benchmark_system runs                 # stored runs, newest first
     benchmark_system show RUN_ID          # one stored run's summary
     benchmark_system report --run RUN_ID [--run RUN_ID ...] [--email ADDR]   # PDF + HTML report
@@ -34,6 +36,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -43,7 +46,7 @@ from typing import Any
 
 from pipeline.config import REPO_ROOT, ConfigError, load_config
 from weatherbench.report.regressions import DEFAULT_BASELINE_RUNS, DEFAULT_RELATIVE_THRESHOLD
-from weatherbench.workloads import TestPlan, WorkloadError, load_workload
+from weatherbench.workloads import Fault, TestPlan, WorkloadError, load_workload
 
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "reports" / "results"
 DEFAULT_REPORT_DIR = REPO_ROOT / "reports"
@@ -56,6 +59,8 @@ GUIDE_TESTS = (
     "partitions",
     "brokers",
     "reference",
+    "fault-tolerance",
+    "recovery",
 )
 # Stages shown by `--test latency --component X`.
 COMPONENT_STAGES = {
@@ -213,7 +218,30 @@ def plan_from_args(args: argparse.Namespace) -> TestPlan:
     if test == "reference":
         # The sustainable-throughput search, preceded by the reference ceilings of the same machine.
         return dataclasses.replace(workload.plan("sustainable", overrides), test="reference")
-    return workload.plan(test, overrides)
+    plan = workload.plan(test, overrides)
+    if test in ("fault-tolerance", "recovery") and args.component:
+        plan = fault_steps_of(plan, args.component)
+    return plan
+
+
+def fault_steps_of(plan: TestPlan, component: str) -> TestPlan:
+    """Only the steps whose faults hit `component`: `spark-worker`, `ray-worker1` (instance 1), `spark`."""
+    numbered = re.fullmatch(r"(.+?)-?(\d+)", component)
+    name, which = (numbered.group(1), int(numbered.group(2))) if numbered else (component, None)
+
+    def hits(fault: Fault) -> bool:
+        if which is not None and fault.which not in (None, which):
+            return False
+        return fault.component == name or fault.component.startswith(f"{name}-")
+
+    chosen = [step for step in plan.steps if any(hits(f) for f in step.faults)]
+    if not chosen:
+        offered = sorted({f.component for step in plan.steps for f in step.faults})
+        raise UsageError(
+            f"--component: no {plan.test} step faults {component!r}; the workload has: {', '.join(offered)}"
+        )
+    steps = tuple(dataclasses.replace(step, index=i) for i, step in enumerate(chosen))
+    return dataclasses.replace(plan, steps=steps)
 
 
 def _fmt(value: Any, unit: str = "") -> str:

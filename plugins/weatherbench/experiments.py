@@ -207,6 +207,9 @@ def run_test(
         result.summary = summarize(plan, result.outcomes, cores)
         if plan.api_load.users:
             result.summary["api_load_impact"] = api_load_impact(result.outcomes)
+        faults = [fault for outcome in result.outcomes for fault in outcome.faults]
+        if faults:
+            result.summary["faults"] = faults
         if plan.test in ("sustainable", "reference"):
             result.summary["search"] = _search_summary(result.outcomes)
             _record_search_result(store, run_id, result.summary["search"], len(result.outcomes) + 1)
@@ -243,6 +246,11 @@ def _repetitions(
     outcomes = []
     for repetition in range(plan.repetitions):
         outcome = bench.run_step(plan, step, repetition, **options)
+        if step.faults:
+            # A fault must not leak into the next repetition or step.
+            left_down = bench.heal(step, plan.drain_timeout_s)
+            for fault in outcome.faults:
+                fault["left_down_after_step"] = left_down
         record_outcome(store, run_id, outcome)
         outcomes.append(outcome)
     return outcomes

@@ -52,6 +52,7 @@ from weatherbench.collectors.kafka import KafkaFlowCollector, clock_sanity, topi
 from weatherbench.collectors.ray import RayCollector
 from weatherbench.collectors.resources import ResourceSampler
 from weatherbench.collectors.spark import SparkCollector
+from weatherbench.faults import FaultInjector, recovery
 from weatherbench.metrics import Metric, Series
 from weatherbench.stats import LatencyHistogram, balance_score, lag_trend, name_bottleneck, percentile_key
 from weatherbench.workloads import LoadSettings, Slo, StackShape, Step, TestPlan
@@ -129,6 +130,7 @@ class StepOutcome:
     accounting: dict[str, Any] = field(default_factory=dict)
     partition_counts: dict[int, int] = field(default_factory=dict)
     api_users: int = 0  # Locust users querying the API during the step
+    faults: list[dict[str, Any]] = field(default_factory=list)  # one record per injected fault
 
     def value(self, name: str, component: str | None = None) -> float:
         for metric in self.metrics:
@@ -319,6 +321,21 @@ class Bench:
         self.stack.up(components or COMPONENTS)
         self.progress(f"stack up in {time.monotonic() - began:.0f} s (state in {self.config.state_dir})")
 
+    def heal(self, step: Step, timeout_s: float) -> list[str]:
+        """After a fault step: start whatever is not running, and prime again if anything was.
+
+        Returns the components that had to be started, so the report can say a fault
+        outlived its step (a crashed streaming job, say) instead of hiding it.
+        """
+        status = self.stack.status()
+        down = sorted({i.component for i in status.instances if not i.running})
+        if down:
+            self.progress(f"after the faults, starting again: {', '.join(down)}")
+            self.stack.up(COMPONENTS)
+            self.shape_stack(step.stack)
+            self.prime(step, timeout_s)
+        return down
+
     def reconfigure_brokers(self, brokers: int) -> None:
         """Kafka alone with `brokers` brokers (a fresh cluster when the count changes)."""
         self.shape = replace(self.shape, brokers=brokers)
@@ -471,6 +488,12 @@ class Bench:
             collectors.append(
                 ApiLoadCollector(self.config.api.url, spec_api, self.out_dir / f"locust-{prefix}")
             )
+        injector = FaultInjector(self.stack, step.faults) if step.faults else None
+        if injector is not None:
+            collectors.append(injector)
+        injector = FaultInjector(self.stack, step.faults) if step.faults else None
+        if injector is not None:
+            collectors.append(injector)
         producer = WeatherProducer(self.config.kafka.bootstrap_servers, self.config.kafka.benchmark_topic)
         self.progress(
             f"step {step.index} [{step.label}] repetition {repetition}: {load.stations} stations, "
@@ -487,6 +510,10 @@ class Bench:
                 on_progress=lambda sent, total: self.progress(f"   sent {sent}/{total}"),
             )
             load_seconds = (result.end_ms - result.start_ms) / 1000
+            if injector is not None:
+                # Faults belong to the load; whatever is still down is started before the drain.
+                injector.stop()
+                injector.restore()
             # run_open_loop waited for every ack: the ledger now holds exactly this load's
             # messages, before the end-of-load sentinel adds one more.
             per_partition = dict(result.ledger.per_partition)
@@ -512,6 +539,22 @@ class Bench:
             outcome.metrics += collector.metrics()
             outcome.series += collector.series()
         outcome.partition_counts = per_partition
+        if injector is not None and pipeline and accounting is not None:
+            for event in injector.events:
+                found = recovery(
+                    event,
+                    rows,
+                    outcome.series,
+                    injector.started_ms,
+                    load.warmup_s,
+                    step.stack.window_ms,
+                    step.stack.trigger_ms,
+                    plan.slo,
+                )
+                outcome.metrics += found.metrics()
+                outcome.faults.append(
+                    found.summary(step.index, accounting.lost_messages, accounting.duplicate_deliveries)
+                )
         outcome.metrics += _producer_metrics(
             result, prefix, max(1e-3, load_seconds), per_partition, bytes_sent
         )

@@ -34,8 +34,20 @@ TESTS = (
     "partitions",
     "brokers",
     "resources",
+    "fault-tolerance",
+    "recovery",
 )
 SOURCES = ("synthetic", "replay")
+FAULT_ACTIONS = ("kill", "stop", "restart")  # SIGKILL; graceful stop; graceful stop and start again
+FAULT_COMPONENTS = (
+    "kafka",
+    "spark-master",
+    "spark-worker",
+    "ray-worker",
+    "streaming-job",
+    "inference",
+    "api",
+)
 MAX_MESSAGE_BYTES = 10_000  # the message contract: JSON under 10 KB
 MAX_WORKERS = 8
 
@@ -108,11 +120,28 @@ class SearchSettings:
 
 
 @dataclass(frozen=True)
+class Fault:
+    """One fault on a step's timeline, like a Trogdor fault spec."""
+
+    at_s: float  # seconds after the step's load started
+    component: str
+    action: str  # kill | stop | restart
+    which: int | None = None  # instance number of scalable components (and Kafka brokers)
+    down_s: float | None = None  # start it again after this long; None = at the end of the step
+
+    @property
+    def label(self) -> str:
+        instance = f"-{self.which}" if self.which is not None else ""
+        return f"{self.action} {self.component}{instance}"
+
+
+@dataclass(frozen=True)
 class Step:
     index: int
     label: str  # what the step changes, e.g. "spark_workers=2"
     load: LoadSettings
     stack: StackShape
+    faults: tuple[Fault, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -242,8 +271,39 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[
     return merged
 
 
+def _faults(where: str, raw: Any, total_s: float) -> tuple[Fault, ...]:
+    _check(where, isinstance(raw, list) and raw, "must be a non-empty list of faults")
+    faults = []
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        _check(at, isinstance(item, Mapping), "must be a mapping with at_s, component and action")
+        _known(at, item, {"at_s", "component", "action", "which", "down_s"})
+        missing = sorted({"at_s", "component", "action"} - set(item))
+        _check(at, not missing, f"missing field(s) {', '.join(missing)}")
+        _check(
+            f"{at}.component",
+            item["component"] in FAULT_COMPONENTS,
+            f"{item['component']!r} is not one of {', '.join(FAULT_COMPONENTS)}",
+        )
+        _check(
+            f"{at}.action",
+            item["action"] in FAULT_ACTIONS,
+            f"{item['action']!r} is not one of {', '.join(FAULT_ACTIONS)}",
+        )
+        at_s = float(_number(f"{at}.at_s", item["at_s"], minimum=0))
+        _check(f"{at}.at_s", at_s < total_s, f"{at_s:g} s is after the step's load ends ({total_s:g} s)")
+        which = item.get("which")
+        if which is not None:
+            which = _number(f"{at}.which", which, minimum=1, integer=True, maximum=MAX_WORKERS)
+        down = item.get("down_s", 0.0 if item["action"] == "restart" else None)
+        if down is not None:
+            down = float(_number(f"{at}.down_s", down, minimum=0))
+        faults.append(Fault(at_s, item["component"], item["action"], which, down))
+    return tuple(faults)
+
+
 def _split_step(where: str, raw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A flat step mapping -> (load fields, stack fields)."""
+    """A flat step mapping -> (load fields, stack fields); faults are taken out before."""
     _known(where, raw, STEP_FIELDS)
     _check(where, bool(raw), "a step must change at least one field")
     load_names = {f.name for f in fields(LoadSettings)}
@@ -300,16 +360,24 @@ class Workload:
         steps = []
         for index, raw in enumerate(raw_steps):
             step_where = f"{where}: tests.{test}.steps[{index}]"
+            raw = dict(raw) if isinstance(raw, Mapping) else raw
+            fault_raw = raw.pop("faults", None) if isinstance(raw, dict) else None
             if raw == {}:
                 load_part, stack_part = {}, {}
             else:
                 load_part, stack_part = _split_step(step_where, raw)
+            load = _load(step_where, _merge(load_raw, load_part))
+            faults = () if fault_raw is None else _faults(f"{step_where}.faults", fault_raw, load.total_s)
+            label = step_label(raw)
+            if faults:
+                label = " + ".join(f.label for f in faults) + ("" if label == "baseline" else f", {label}")
             steps.append(
                 Step(
                     index=index,
-                    label=step_label(raw),
-                    load=_load(step_where, _merge(load_raw, load_part)),
+                    label=label,
+                    load=load,
                     stack=_stack(step_where, _merge(stack_raw, stack_part)),
+                    faults=faults,
                 )
             )
         repetitions = overrides.get(

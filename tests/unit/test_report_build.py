@@ -208,7 +208,8 @@ def test_fault_timeline_shows_the_fault_recovery_and_counts(store, tmp_path):
     result = build_report(store, [run_id], tmp_path / "out")
     text = " ".join(pdf_text(result.pdf))
     assert "Faults: timeline and recovery" in text
-    assert "kill spark-worker-1 20.0 s 14.5 s 38.0% 0 12" in text
+    assert "kill spark-worker-1 20.0 s n/a n/a n/a 14.5 s n/a" in text
+    assert "kill spark-worker-1 38.0% n/a 0 12 none" in text
     assert "Fault timeline: kill of spark-worker-1 at 20.0 s." in text
     recovery = next(r for r in result.targets if r.target.name.startswith("Recovery time"))
     assert recovery.measured.value == 14.5 and recovery.status is Status.PASS

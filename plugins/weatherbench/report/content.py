@@ -583,40 +583,85 @@ def resource_blocks(run: RunData, step: StepInfo) -> list[Any]:
     return blocks
 
 
-def fault_blocks(run: RunData) -> list[Any]:
-    """The fault table and one timeline per fault, from the run summary's ``faults`` list.
+def _seconds(value: Any) -> str:
+    if value is None:
+        return "not within the step"
+    return "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:.1f} s"
 
-    Each fault is a dict: ``kind`` (kill, restart, ...), ``target`` (a component
-    instance), ``step_index`` (whose series to draw), ``at_s`` (the fault instant,
-    seconds since the step start), ``recovery_s`` (None if it never recovered),
-    ``throughput_dip_percent``, ``lost`` and ``duplicated`` messages. The slowest
-    recovery is also judged as the guide's recovery-time target, from the
-    metric ``fault.recovery_s``.
+
+def fault_blocks(run: RunData) -> list[Any]:
+    """The fault tables and one timeline per fault, from the run summary's ``faults`` list.
+
+    Each fault is a dict (see weatherbench.faults.Recovery.summary): ``kind``
+    (kill, stop, restart), ``target`` (the instance), ``step_index`` (whose
+    series to draw), ``at_s`` (the fault instant, seconds since the step
+    start), ``restarted_at_s``, ``outputs_resume_s``, ``spark_first_batch_s``,
+    ``ray_actors_back_s``, ``recovery_s`` and ``slo_recovery_s`` (None: not
+    within the step), ``throughput_dip_percent``, ``windows_affected``,
+    ``lost`` and ``duplicated``. The slowest recovery is also judged as the
+    guide's recovery-time target, from the metric ``fault.recovery_s``.
     """
     faults = run.summary.get("faults") or []
     if not faults:
         return []
     blocks: list[Any] = [Heading("Faults: timeline and recovery", 2)]
-    rows = []
-    for fault in faults:
-        rows.append(
-            [
-                fault.get("kind", ""),
-                fault.get("target", ""),
-                f"{fault.get('at_s', math.nan):.1f} s",
-                "not recovered" if fault.get("recovery_s") is None else f"{fault['recovery_s']:.1f} s",
-                _num(fault.get("throughput_dip_percent", math.nan), "%"),
-                _num(fault.get("lost", math.nan)),
-                _num(fault.get("duplicated", math.nan)),
-            ]
-        )
+    timing = [
+        [
+            f"{fault.get('kind', '')} {fault.get('target', '')}",
+            _seconds(fault.get("at_s", math.nan)),
+            _seconds(fault.get("outputs_resume_s", math.nan)),
+            _seconds(fault.get("spark_first_batch_s", math.nan)),
+            _seconds(fault.get("ray_actors_back_s", math.nan)),
+            _seconds(fault.get("recovery_s")),
+            _seconds(fault.get("slo_recovery_s", math.nan)),
+        ]
+        for fault in faults
+    ]
     blocks.append(
         Table(
-            ["Fault", "Target", "Injected at", "Recovery", "Throughput dip", "Lost", "Duplicated"],
-            rows,
-            caption="Recovery is from the fault instant until throughput and lag are back within their "
-            "pre-fault band; lost and duplicated are counted against every acknowledged message.",
-            status_column=None,
+            [
+                "Fault",
+                "Injected at",
+                "Outputs resume",
+                "Spark 1st batch",
+                "Ray actors back",
+                "E2E recovery",
+                "SLO recovery",
+            ],
+            timing,
+            caption="Seconds after the fault. Outputs resume: the first prediction served after it. Spark: "
+            "the first micro-batch with input that completed after it. Ray: the inference pool back to its "
+            "actor count. End-to-end recovery: the last window served late because of the fault (close "
+            "latency above the pre-fault maximum plus one trigger interval); SLO recovery uses the "
+            "end-to-end and lag SLOs instead.",
+            widths=[0.22, 0.11, 0.13, 0.13, 0.13, 0.14, 0.14],
+            small=True,
+        )
+    )
+    damage = [
+        [
+            f"{fault.get('kind', '')} {fault.get('target', '')}",
+            _num(fault.get("throughput_dip_percent", math.nan) or 0.0, "%")
+            if fault.get("throughput_dip_percent") is not None
+            else "n/a",
+            _num(fault.get("windows_affected", math.nan)),
+            _num(fault.get("lost", math.nan)),
+            _num(fault.get("duplicated", math.nan)),
+            ", ".join(fault.get("left_down_after_step") or []) or "none",
+            fault.get("error") or "",
+        ]
+        for fault in faults
+    ]
+    blocks.append(
+        Table(
+            ["Fault", "Throughput dip", "Windows late", "Lost", "Duplicated", "Down after step", "Error"],
+            damage,
+            caption="Lost and duplicated are counted against every acknowledged message of the step; "
+            "duplicated are repeated prediction deliveries the API absorbed. Down after step: components "
+            "found not running after the step and started again before the next one.",
+            align="lrrrrll",
+            widths=[0.22, 0.12, 0.11, 0.08, 0.11, 0.16, 0.2],
+            small=True,
         )
     )
     for fault in faults:

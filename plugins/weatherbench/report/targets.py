@@ -92,6 +92,8 @@ def format_value(value: float, unit: str) -> str:
     """A number as a reader wants it: 3 significant figures, seconds above 10 s, thousands separated."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if math.isinf(value):
+        return "never" if value > 0 else "-inf"
     if unit == "ms" and abs(value) >= 10_000:
         return f"{value / 1000:,.1f} s"
     if unit == "ratio":

@@ -1,0 +1,321 @@
+"""Faults on a timeline under load, and how long the pipeline took to recover from each.
+
+`FaultInjector` is a collector: started with the step's load, it kills,
+stops or restarts components through the stack interface at the instants a
+workload declares (like Trogdor's fault specs), and records when each fault
+happened and when the component was started again.
+
+`recovery` turns one fault and what the step measured into recovery figures.
+All times are seconds since the step started (the collectors' time base):
+
+* outputs resume: from the fault to the first prediction the API served after it;
+* Spark recovery: from the fault (and from the restart, when there is one) to
+  the first micro-batch that completed with input after it;
+* Ray recovery: from the fault until the inference pool has as many actors as
+  before it (0 when it never lost one);
+* end-to-end recovery: from the fault until the last window served late
+  because of it. A window is late when its close latency (queryable minus
+  window end) exceeds the pre-fault maximum by more than one trigger interval;
+  the SLO recovery uses the end-to-end SLO and the lag SLO instead;
+* throughput dip: the lowest served-prediction rate, averaged over one window
+  length, between the fault and recovery, against the pre-fault average;
+* windows affected: windows served late because of the fault.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.stack.base import Stack
+from weatherbench.collectors.base import Collector
+from weatherbench.metrics import Metric, Series
+from weatherbench.workloads import Fault, Slo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FaultEvent:
+    """One fault as it happened."""
+
+    fault: Fault
+    target: str = ""  # the instance hit, e.g. "spark-worker-1"
+    at_s: float = math.nan  # when the fault was injected
+    restarted_at_s: float | None = None  # when the component was started again
+    error: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.fault.action} {self.target or self.fault.component}"
+
+
+class FaultInjector(Collector):
+    """Injects a step's faults at their instants on a background thread."""
+
+    name = "faults"
+
+    def __init__(self, stack: Stack, faults: Sequence[Fault]) -> None:
+        super().__init__()
+        self.stack = stack
+        self.events = [FaultEvent(fault) for fault in faults]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        super().start()
+        self._thread = threading.Thread(target=self._run, name="fault-injector", daemon=True)
+        self._thread.start()
+
+    def _now_s(self) -> float:
+        return self.seconds_since_start(time.time() * 1000)
+
+    def _wait_until(self, at_s: float) -> bool:
+        """Sleep until ``at_s``; False when the step ended first."""
+        return not self._stop.wait(max(0.0, at_s - self._now_s()))
+
+    def _run(self) -> None:
+        # Restarts are scheduled with the faults, so one fault's outage can overlap the next fault.
+        timeline: list[tuple[float, str, FaultEvent]] = []
+        for event in self.events:
+            timeline.append((event.fault.at_s, "inject", event))
+        timeline.sort(key=lambda item: item[0])
+        while timeline:
+            at_s, what, event = timeline.pop(0)
+            if not self._wait_until(at_s):
+                return
+            try:
+                if what == "inject":
+                    self._inject(event)
+                    down = event.fault.down_s
+                    if down is not None:
+                        timeline.append((event.at_s + down, "restart", event))
+                        timeline.sort(key=lambda item: item[0])
+                else:
+                    self.stack.restart(event.fault.component, event.fault.which)
+                    event.restarted_at_s = self._now_s()
+            except Exception as exc:  # the step goes on; the error is reported with the fault
+                event.error = f"{what}: {type(exc).__name__}: {exc}"
+                log.warning("fault %s failed: %s", event.label, event.error)
+
+    def _inject(self, event: FaultEvent) -> None:
+        fault = event.fault
+        event.at_s = self._now_s()
+        event.target = self.stack.kill(fault.component, fault.which, graceful=fault.action != "kill")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=120)
+            self._thread = None
+
+    def restore(self) -> None:
+        """Start again whatever a fault left down (a step's faults must not leak into the next)."""
+        for event in self.events:
+            if event.target and event.restarted_at_s is None:
+                try:
+                    self.stack.restart(event.fault.component, event.fault.which)
+                    event.restarted_at_s = self._now_s()
+                except Exception as exc:
+                    event.error = (event.error + "; " if event.error else "") + f"restore: {exc}"
+
+
+@dataclass
+class Recovery:
+    """What one fault cost the pipeline (seconds unless named otherwise; NaN = could not tell)."""
+
+    kind: str
+    target: str
+    at_s: float
+    restarted_at_s: float | None
+    outputs_resume_s: float
+    spark_first_batch_s: float
+    spark_first_batch_after_restart_s: float
+    ray_actors_back_s: float
+    recovery_s: float | None  # end to end, back to the pre-fault band; None = not within the step
+    slo_recovery_s: float | None
+    throughput_dip_percent: float
+    windows_affected: int
+    error: str = ""
+
+    def summary(self, step_index: int, lost: int, duplicated: int) -> dict[str, Any]:
+        """The report's fault record (see weatherbench.report.content.fault_blocks)."""
+
+        def number(value: float | None) -> float | None:
+            return None if value is None or math.isnan(value) else round(value, 3)
+
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "step_index": step_index,
+            "at_s": number(self.at_s),
+            "restarted_at_s": number(self.restarted_at_s),
+            "recovery_s": number(self.recovery_s),
+            "slo_recovery_s": number(self.slo_recovery_s),
+            "outputs_resume_s": number(self.outputs_resume_s),
+            "spark_first_batch_s": number(self.spark_first_batch_s),
+            "spark_first_batch_after_restart_s": number(self.spark_first_batch_after_restart_s),
+            "ray_actors_back_s": number(self.ray_actors_back_s),
+            "throughput_dip_percent": number(self.throughput_dip_percent),
+            "windows_affected": self.windows_affected,
+            "lost": lost,
+            "duplicated": duplicated,
+            "error": self.error,
+        }
+
+    def metrics(self) -> list[Metric]:
+        component = self.target or self.kind
+        values = {
+            "fault.recovery_s": self.recovery_s,
+            "fault.slo_recovery_s": self.slo_recovery_s,
+            "fault.outputs_resume_s": self.outputs_resume_s,
+            "fault.spark_first_batch_s": self.spark_first_batch_s,
+            "fault.spark_first_batch_after_restart_s": self.spark_first_batch_after_restart_s,
+            "fault.ray_actors_back_s": self.ray_actors_back_s,
+        }
+        result = [
+            # A recovery that did not happen within the step is infinite, not missing.
+            Metric(name, math.inf if value is None else value, "s", component)
+            for name, value in values.items()
+        ]
+        result.append(Metric("fault.throughput_dip", self.throughput_dip_percent, "%", component))
+        result.append(Metric("fault.windows_affected", float(self.windows_affected), "windows", component))
+        return result
+
+
+def _points(series: Sequence[Series], name: str) -> list[tuple[float, float]]:
+    for item in series:
+        if item.name == name:
+            return [(t, v) for t, v in item.points if v is not None and not math.isnan(v)]
+    return []
+
+
+def rolling_mean(points: Sequence[tuple[float, float]], width_s: float) -> list[tuple[float, float]]:
+    """Mean of each point and those up to ``width_s`` before it (per-second rates, bursty by window)."""
+    out = []
+    for t, _ in points:
+        inside = [v for u, v in points if t - width_s < u <= t]
+        out.append((t, sum(inside) / len(inside)))
+    return out
+
+
+def recovery(
+    event: FaultEvent,
+    rows: Sequence[dict[str, Any]],
+    series: Sequence[Series],
+    start_ms: int,
+    warmup_s: float,
+    window_ms: int,
+    trigger_ms: int,
+    slo: Slo,
+) -> Recovery:
+    """Recovery figures of one fault from the step's served rows and series (see the module doc)."""
+    fault_s = event.at_s
+
+    def served_s(row: dict[str, Any]) -> float:
+        return (float(row["api_time"]) - start_ms) / 1000
+
+    def close_ms(row: dict[str, Any]) -> float:
+        return float(row["api_time"]) - float(row["window_end"])
+
+    def e2e_ms(row: dict[str, Any]) -> float:
+        return float(row["api_time"]) - float(row.get("ingestion_time_max") or row["window_end"])
+
+    timed = [r for r in rows if r.get("api_time") is not None and r.get("window_end") is not None]
+    before = [r for r in timed if warmup_s <= served_s(r) < fault_s]
+    after = sorted((r for r in timed if served_s(r) >= fault_s), key=served_s)
+    nan = math.nan
+    if math.isnan(fault_s):
+        return Recovery(
+            event.fault.action,
+            event.target,
+            nan,
+            None,
+            nan,
+            nan,
+            nan,
+            nan,
+            None,
+            None,
+            nan,
+            0,
+            event.error or "the fault was not injected",
+        )
+    outputs_resume = served_s(after[0]) - fault_s if after else nan
+
+    # End to end: the last window served late because of the fault.
+    limit_ms = (max(close_ms(r) for r in before) if before else nan) + trigger_ms
+    late = [r for r in after if not math.isnan(limit_ms) and close_ms(r) > limit_ms]
+    if math.isnan(limit_ms):
+        recovered: float | None = nan
+    elif not late:
+        recovered = 0.0
+    else:
+        last = served_s(late[-1])
+        # Still late at the end of the step: it did not recover within it.
+        on_time_after = [r for r in after if served_s(r) > last]
+        recovered = last - fault_s if on_time_after else None
+    slo_late = [r for r in after if e2e_ms(r) > slo.e2e_p95_ms]
+    lag = [(t, v) for t, v in _points(series, "lag.spark") if t >= fault_s]
+    lag_high = [t for t, v in lag if v > slo.spark_lag_max]
+    slo_ends = [served_s(r) for r in slo_late] + lag_high
+    slo_recovered: float | None = max(slo_ends) - fault_s if slo_ends else 0.0
+    if slo_ends and lag and max(slo_ends) >= lag[-1][0]:
+        slo_recovered = None
+
+    # Spark: the first batch with input that completed after the fault (and after the restart).
+    batches = [(t, v) for t, v in _points(series, "spark.processed_rows_per_s") if v > 0]
+    first = [t for t, _ in batches if t > fault_s]
+    spark_first = first[0] - fault_s if first else nan
+    spark_after_restart = nan
+    if event.restarted_at_s is not None:
+        later = [t for t, _ in batches if t > event.restarted_at_s]
+        spark_after_restart = later[0] - event.restarted_at_s if later else nan
+
+    # Ray: back to the pre-fault number of actors.
+    actors = _points(series, "ray.actors")
+    pre = [v for t, v in actors if t < fault_s]
+    ray_back = nan
+    if pre:
+        target = pre[-1]
+        post = [(t, v) for t, v in actors if t >= fault_s]
+        dropped = [t for t, v in post if v < target]
+        if not dropped:
+            ray_back = 0.0
+        else:
+            back = [t for t, v in post if t > dropped[0] and v >= target]
+            ray_back = back[0] - fault_s if back else math.inf
+
+    # Throughput dip of served predictions, smoothed over one window.
+    width = window_ms / 1000
+    rate = rolling_mean(_points(series, "throughput.predictions"), width)
+    baseline = [v for t, v in rate if warmup_s + width <= t < fault_s]
+    until = fault_s + max(
+        width * 2,
+        (recovered if isinstance(recovered, float) and not math.isnan(recovered) else width * 2) + width,
+    )
+    during = [v for t, v in rate if fault_s <= t <= until]
+    dip = nan
+    if baseline and during:
+        level = sum(baseline) / len(baseline)
+        dip = max(0.0, (1 - min(during) / level) * 100) if level > 0 else nan
+    return Recovery(
+        kind=event.fault.action,
+        target=event.target,
+        at_s=fault_s,
+        restarted_at_s=event.restarted_at_s,
+        outputs_resume_s=outputs_resume,
+        spark_first_batch_s=spark_first,
+        spark_first_batch_after_restart_s=spark_after_restart,
+        ray_actors_back_s=ray_back,
+        recovery_s=recovered,
+        slo_recovery_s=slo_recovered,
+        throughput_dip_percent=dip,
+        windows_affected=len(late),
+        error=event.error,
+    )
