@@ -430,7 +430,19 @@ class LocalStack(Stack):
             "--webui-port",
             str(s.master_ui_port),
         ]
-        return self._proc(SPARK_MASTER, argv, self._spark_env())
+        env = self._spark_env()
+        # A restarted master reads back the workers and applications it had, so a running
+        # streaming job keeps its executors (without this a new master kills them as unknown).
+        env["SPARK_MASTER_OPTS"] = " ".join(
+            (
+                "-Dspark.deploy.recoveryMode=FILESYSTEM",
+                f"-Dspark.deploy.recoveryDirectory={self._spark_recovery_dir()}",
+            )
+        )
+        return self._proc(SPARK_MASTER, argv, env)
+
+    def _spark_recovery_dir(self) -> Path:
+        return self.state / "spark" / "recovery"
 
     def _spark_worker(self, index: int) -> ManagedProcess:
         s = self.config.spark
@@ -467,6 +479,10 @@ class LocalStack(Stack):
         proc = self._spark_master()
         if proc.is_running():
             return
+        if not self._pid_only(STREAMING_JOB).is_running():
+            # Nothing to recover: a stale record would hold the master in RECOVERING, waiting
+            # for workers and applications that are gone.
+            shutil.rmtree(self._spark_recovery_dir(), ignore_errors=True)
         s = self.config.spark
         self._check_ports({"spark master": s.master_port, "spark master ui": s.master_ui_port})
         proc.start()

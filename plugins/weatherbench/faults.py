@@ -142,6 +142,9 @@ class Recovery:
     throughput_dip_percent: float
     windows_affected: int
     error: str = ""
+    checkpoint: dict[str, Any] | None = (
+        None  # set when the streaming query restarted (see checkpoint_resumption)
+    )
 
     def summary(self, step_index: int, lost: int, duplicated: int) -> dict[str, Any]:
         """The report's fault record (see weatherbench.report.content.fault_blocks)."""
@@ -163,6 +166,7 @@ class Recovery:
             "ray_actors_back_s": number(self.ray_actors_back_s),
             "throughput_dip_percent": number(self.throughput_dip_percent),
             "windows_affected": self.windows_affected,
+            "checkpoint": self.checkpoint,
             "lost": lost,
             "duplicated": duplicated,
             "error": self.error,
@@ -185,7 +189,39 @@ class Recovery:
         ]
         result.append(Metric("fault.throughput_dip", self.throughput_dip_percent, "%", component))
         result.append(Metric("fault.windows_affected", float(self.windows_affected), "windows", component))
+        if self.checkpoint is not None:
+            resumed = 1.0 if self.checkpoint["resumed"] else 0.0
+            result.append(Metric("fault.checkpoint_resumed", resumed, "bool", component))
         return result
+
+
+def checkpoint_resumption(batches: Sequence[dict[str, Any]], fault_ms: float) -> dict[str, Any] | None:
+    """Whether a streaming query that restarted after the fault resumed from its checkpoint.
+
+    ``batches`` are the query's progress events. A restart shows as a new ``runId``;
+    it resumed when the query ``id`` is the same, the batch ids carry on, and the
+    watermark did not go back (state and watermark restored). None: no restart.
+    """
+    before = [b for b in batches if float(b.get("timestamp_ms") or 0) < fault_ms]
+    after = [b for b in batches if float(b.get("timestamp_ms") or 0) >= fault_ms]
+    if not before:
+        return None
+    last = before[-1]
+    restarted = [b for b in after if b.get("runId") != last.get("runId")]
+    if not restarted:
+        return None
+    first = restarted[0]
+    watermark_before = float(last.get("watermark_ms") or 0)
+    watermark_after = float(first.get("watermark_ms") or 0)
+    return {
+        "resumed": first.get("id") == last.get("id")
+        and int(first.get("batchId", -1)) > int(last.get("batchId", -1))
+        and watermark_after >= watermark_before,
+        "batch_before": last.get("batchId"),
+        "batch_after": first.get("batchId"),
+        "watermark_before_ms": watermark_before,
+        "watermark_after_ms": watermark_after,
+    }
 
 
 def _points(series: Sequence[Series], name: str) -> list[tuple[float, float]]:
@@ -213,6 +249,7 @@ def recovery(
     window_ms: int,
     trigger_ms: int,
     slo: Slo,
+    batches: Sequence[dict[str, Any]] = (),
 ) -> Recovery:
     """Recovery figures of one fault from the step's served rows and series (see the module doc)."""
     fault_s = event.at_s
@@ -269,12 +306,12 @@ def recovery(
         slo_recovered = None
 
     # Spark: the first batch with input that completed after the fault (and after the restart).
-    batches = [(t, v) for t, v in _points(series, "spark.processed_rows_per_s") if v > 0]
-    first = [t for t, _ in batches if t > fault_s]
+    with_input = [t for t, v in _points(series, "spark.processed_rows_per_s") if v > 0]
+    first = [t for t in with_input if t > fault_s]
     spark_first = first[0] - fault_s if first else nan
     spark_after_restart = nan
     if event.restarted_at_s is not None:
-        later = [t for t, _ in batches if t > event.restarted_at_s]
+        later = [t for t in with_input if t > event.restarted_at_s]
         spark_after_restart = later[0] - event.restarted_at_s if later else nan
 
     # Ray: back to the pre-fault number of actors.
@@ -318,4 +355,5 @@ def recovery(
         throughput_dip_percent=dip,
         windows_affected=len(late),
         error=event.error,
+        checkpoint=checkpoint_resumption(batches, start_ms + fault_s * 1000),
     )

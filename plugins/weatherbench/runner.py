@@ -550,6 +550,7 @@ class Bench:
                     step.stack.window_ms,
                     step.stack.trigger_ms,
                     plan.slo,
+                    next((c.batches for c in collectors if isinstance(c, SparkCollector)), []),
                 )
                 outcome.metrics += found.metrics()
                 outcome.faults.append(

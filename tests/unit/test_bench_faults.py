@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from weatherbench.faults import FaultEvent, FaultInjector, recovery
+from weatherbench.faults import FaultEvent, FaultInjector, checkpoint_resumption, recovery
 from weatherbench.metrics import Series
 from weatherbench.workloads import Fault, Slo, WorkloadError, load_workload
 
@@ -194,3 +194,37 @@ def test_a_fault_that_was_never_injected_says_so():
     )
     found = recovery(event, stalled_rows(), [], START_MS, 5, WINDOW_MS, TRIGGER_MS, SLO)
     assert "kafka is not running" in found.error and math.isnan(found.at_s)
+
+
+def batch(t_ms: float, run: str, batch_id: int, watermark: float, query: str = "q1") -> dict:
+    return {"timestamp_ms": t_ms, "id": query, "runId": run, "batchId": batch_id, "watermark_ms": watermark}
+
+
+def test_a_restarted_query_that_carried_on_from_its_checkpoint_is_resumed():
+    batches = [batch(1000, "r1", 7, 500), batch(2000, "r1", 8, 900), batch(9000, "r2", 9, 900)]
+    found = checkpoint_resumption(batches, fault_ms=5000)
+    assert found == {
+        "resumed": True,
+        "batch_before": 8,
+        "batch_after": 9,
+        "watermark_before_ms": 900.0,
+        "watermark_after_ms": 900.0,
+    }
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        batch(9000, "r2", 0, 0, query="q2"),  # a new query: the checkpoint was lost
+        batch(9000, "r2", 9, 100),  # the watermark went back: state was not restored
+        batch(9000, "r2", 3, 900),  # batch ids started over
+    ],
+)
+def test_a_restart_that_lost_its_checkpoint_is_not_resumed(after):
+    batches = [batch(1000, "r1", 7, 500), batch(2000, "r1", 8, 900), after]
+    assert checkpoint_resumption(batches, fault_ms=5000)["resumed"] is False
+
+
+def test_no_restart_no_checkpoint_verdict():
+    batches = [batch(1000, "r1", 7, 500), batch(9000, "r1", 8, 900)]
+    assert checkpoint_resumption(batches, fault_ms=5000) is None
