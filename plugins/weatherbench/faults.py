@@ -17,8 +17,8 @@ All times are seconds since the step started (the collectors' time base):
   because of it. A window is late when its close latency (queryable minus
   window end) exceeds the pre-fault maximum by more than one trigger interval;
   the SLO recovery uses the end-to-end SLO and the lag SLO instead;
-* throughput dip: the lowest served-prediction rate, averaged over one window
-  length, between the fault and recovery, against the pre-fault average;
+* throughput dip: the lowest served-prediction rate, averaged over two window
+  lengths, between the fault and recovery, against the pre-fault average;
 * windows affected: windows served late because of the fault.
 """
 
@@ -328,14 +328,13 @@ def recovery(
             back = [t for t, v in post if t > dropped[0] and v >= target]
             ray_back = back[0] - fault_s if back else math.inf
 
-    # Throughput dip of served predictions, smoothed over one window.
-    width = window_ms / 1000
+    # Throughput dip of served predictions. They arrive in a burst per window, so the rate is
+    # averaged over two window lengths: every average then holds bursts when nothing is wrong.
+    width = 2 * window_ms / 1000
     rate = rolling_mean(_points(series, "throughput.predictions"), width)
-    baseline = [v for t, v in rate if warmup_s + width <= t < fault_s]
-    until = fault_s + max(
-        width * 2,
-        (recovered if isinstance(recovered, float) and not math.isnan(recovered) else width * 2) + width,
-    )
+    baseline = [v for t, v in rate if max(width, warmup_s) <= t < fault_s]
+    settled = recovered if isinstance(recovered, float) and not math.isnan(recovered) else 0.0
+    until = fault_s + max(2 * width, settled + width)
     during = [v for t, v in rate if fault_s <= t <= until]
     dip = nan
     if baseline and during:

@@ -139,6 +139,16 @@ class StepOutcome:
         return float("nan")
 
 
+def served_window_latency(rows: list[dict], started_ms: int) -> Series:
+    """(seconds since the step started when the window was served, its close latency in ms)."""
+    points = sorted(
+        ((float(r["api_time"]) - started_ms) / 1000, float(r["api_time"]) - float(r["window_end"]))
+        for r in rows
+        if r.get("api_time") is not None and r.get("window_end") is not None
+    )
+    return Series("latency.window_close.served", "ms", points)
+
+
 def _latency_metrics(histograms: dict[str, LatencyHistogram]) -> list[Metric]:
     result = []
     for name, histogram in histograms.items():
@@ -539,6 +549,9 @@ class Bench:
             outcome.metrics += collector.metrics()
             outcome.series += collector.series()
         outcome.partition_counts = per_partition
+        if pipeline and rows:
+            # Close latency of every served window at the moment it was served: faults show as spikes.
+            outcome.series.append(served_window_latency(rows, collectors[0].started_ms))
         if injector is not None and pipeline and accounting is not None:
             for event in injector.events:
                 found = recovery(

@@ -665,30 +665,47 @@ def fault_blocks(run: RunData) -> list[Any]:
         )
     )
     for fault in faults:
-        step_index = fault.get("step_index", 0)
-        lines = series_lines(
-            run, step_index, (("throughput.predictions", "predictions/s"), ("lag.spark", "Spark lag"))
-        )
-        if not lines:
-            continue
-        markers = [Marker(fault["at_s"], f"{fault.get('kind', 'fault')} ({fault.get('target', '')})")]
-        spans = []
-        if fault.get("recovery_s") is not None:
-            end = fault["at_s"] + fault["recovery_s"]
-            markers.append(Marker(end, "recovered"))
-            spans.append((fault["at_s"], end, "recovery"))
+        blocks += fault_timeline(run, fault)
+    return blocks
+
+
+def fault_timeline(run: RunData, fault: dict[str, Any]) -> list[Any]:
+    """Flow and lag around one fault, and the close latency of every window served around it."""
+    step_index = fault.get("step_index", 0)
+    name = f"{fault.get('kind', 'fault')} of {fault.get('target', '')}"
+    if fault.get("at_s") is None:
+        return []
+    markers = [Marker(fault["at_s"], name)]
+    spans = []
+    if fault.get("restarted_at_s") is not None:
+        markers.append(Marker(fault["restarted_at_s"], "started again"))
+    if fault.get("recovery_s") is not None:
+        end = fault["at_s"] + fault["recovery_s"]
+        markers.append(Marker(end, "recovered"))
+        spans.append((fault["at_s"], end, "recovery"))
+    blocks: list[Any] = []
+    flow = series_lines(
+        run, step_index, (("throughput.predictions", "predictions/s"), ("lag.spark", "Spark lag"))
+    )
+    if flow:
         blocks.append(
             Chart(
                 charts.time_series(
-                    f"Fault timeline: {fault.get('kind', 'fault')} of {fault.get('target', '')}",
-                    "messages (per second / behind)",
-                    lines,
-                    markers,
-                    spans,
+                    f"Fault timeline: {name}", "messages (per second / behind)", flow, markers, spans
                 ),
-                f"Fault timeline: {fault.get('kind', 'fault')} of {fault.get('target', '')} at "
-                f"{fault['at_s']:.1f} s. The fault instant and the recovery point are marked; "
-                "the shaded band is the recovery time.",
+                f"Fault timeline: {name} at {fault['at_s']:.1f} s. The fault instant, the restart and the "
+                "recovery point are marked; the shaded band is the end-to-end recovery time.",
+            )
+        )
+    served = run.series("latency.window_close.served", step_index)
+    if served is not None and served.points:
+        seconds = [Line("window close latency", [(t, v / 1000) for t, v in served.points])]
+        blocks.append(
+            Chart(
+                charts.time_series(
+                    f"Windows served around the fault: {name}", "close latency (s)", seconds, markers, spans
+                ),
+                "Each point is a window, at the time the API served it: a fault shows as late windows.",
             )
         )
     return blocks
