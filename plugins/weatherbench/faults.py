@@ -15,7 +15,8 @@ All times are seconds since the step started (the collectors' time base):
   before it (0 when it never lost one);
 * end-to-end recovery: from the fault until the last window served late
   because of it. A window is late when its close latency (queryable minus
-  window end) exceeds the pre-fault maximum by more than one trigger interval;
+  window end) exceeds the pre-fault maximum by more than one trigger interval
+  and more than 20%;
   the SLO recovery uses the end-to-end SLO and the lag SLO instead;
 * throughput dip: the lowest served-prediction rate, averaged over two window
   lengths, between the fault and recovery, against the pre-fault average;
@@ -38,6 +39,7 @@ from weatherbench.metrics import Metric, Series
 from weatherbench.workloads import Fault, Slo
 
 log = logging.getLogger(__name__)
+NORMAL_SPREAD = 0.2
 
 
 @dataclass
@@ -286,7 +288,10 @@ def recovery(
     outputs_resume = served_s(after[0]) - fault_s if after else nan
 
     # End to end: the last window served late because of the fault.
-    limit_ms = (max(close_ms(r) for r in before) if before else nan) + trigger_ms
+    # Normal is what the windows before the fault saw, with room for this machine's jitter:
+    # one trigger interval, or 20% (the run-to-run spread), whichever is larger.
+    normal_ms = max(close_ms(r) for r in before) if before else nan
+    limit_ms = normal_ms + max(trigger_ms, NORMAL_SPREAD * normal_ms)
     late = [r for r in after if not math.isnan(limit_ms) and close_ms(r) > limit_ms]
     if math.isnan(limit_ms):
         recovered: float | None = nan

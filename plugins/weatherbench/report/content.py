@@ -55,6 +55,7 @@ TREND_PANELS = (
     "ray.capacity",
 )
 MAX_TREND_LINES = 4
+MAX_LISTED = 3  # targets named in one finding; the table has the rest
 
 
 @dataclass
@@ -136,9 +137,10 @@ def findings(results: Sequence[TargetResult], contexts: Sequence[RunContext]) ->
 
     critical = listed({Status.CRITICAL})
     if critical:
-        kinds.append(
-            (90, f"{len(critical)} target(s) past the guide's critical threshold: {'; '.join(critical)}.")
-        )
+        shown = "; ".join(critical[:MAX_LISTED])
+        if len(critical) > MAX_LISTED:
+            shown += f"; and {len(critical) - MAX_LISTED} more in the table above"
+        kinds.append((90, f"{len(critical)} target(s) past the guide's critical threshold: {shown}."))
     found = [c for context in contexts for c in regressions(context.comparisons)]
     if found:
         worst = max(found, key=lambda c: abs(c.relative_change) if not math.isnan(c.relative_change) else 0)
