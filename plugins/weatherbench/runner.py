@@ -501,9 +501,6 @@ class Bench:
         injector = FaultInjector(self.stack, step.faults) if step.faults else None
         if injector is not None:
             collectors.append(injector)
-        injector = FaultInjector(self.stack, step.faults) if step.faults else None
-        if injector is not None:
-            collectors.append(injector)
         producer = WeatherProducer(self.config.kafka.bootstrap_servers, self.config.kafka.benchmark_topic)
         self.progress(
             f"step {step.index} [{step.label}] repetition {repetition}: {load.stations} stations, "

@@ -29,7 +29,8 @@ def test_guide_faults_lose_no_acknowledged_message(pipeline_stack: LocalStack, t
     overrides = {"steps": FAULTS, "duration_s": 40, "warmup_s": 10}
     result, store = run(pipeline_stack, tmp_path, "fault-tolerance", overrides)
     faults = result.summary["faults"]
-    assert [f["target"] for f in faults] == ["ray-worker-1", "spark-worker-1", "kafka-1"]
+    kafka = "kafka" if pipeline_stack.config.kafka.brokers == 1 else "kafka-1"
+    assert [f["target"] for f in faults] == ["ray-worker-1", "spark-worker-1", kafka]
     for outcome, fault in zip(result.outcomes, faults, strict=True):
         accounting = outcome.accounting
         assert accounting["expected_messages"] == outcome.value("producer.acked") > 0
@@ -48,7 +49,7 @@ def test_guide_faults_lose_no_acknowledged_message(pipeline_stack: LocalStack, t
     ray_kill = faults[0]
     assert ray_kill["ray_actors_back_s"] is not None and not math.isnan(ray_kill["ray_actors_back_s"])
     stored = {(m.metric, m.component) for m in store.metrics(result.run_id)}
-    for target in ("ray-worker-1", "spark-worker-1", "kafka-1"):
+    for target in ("ray-worker-1", "spark-worker-1", kafka):
         assert ("fault.recovery_s", target) in stored
         assert ("fault.windows_affected", target) in stored
     # Every step leaves the stack whole for the next one.
