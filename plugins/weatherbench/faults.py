@@ -271,19 +271,19 @@ def recovery(
     nan = math.nan
     if math.isnan(fault_s):
         return Recovery(
-            event.fault.action,
-            event.target,
-            nan,
-            None,
-            nan,
-            nan,
-            nan,
-            nan,
-            None,
-            None,
-            nan,
-            0,
-            event.error or "the fault was not injected",
+            kind=event.fault.action,
+            target=event.target,
+            at_s=nan,
+            restarted_at_s=None,
+            outputs_resume_s=nan,
+            spark_first_batch_s=nan,
+            spark_first_batch_after_restart_s=nan,
+            ray_actors_back_s=nan,
+            recovery_s=None,
+            slo_recovery_s=None,
+            throughput_dip_percent=nan,
+            windows_affected=0,
+            error=event.error or "the fault was not injected",
         )
     outputs_resume = served_s(after[0]) - fault_s if after else nan
 
