@@ -378,6 +378,7 @@ def _report(
 ) -> int:
     """Build (and maybe e-mail) the report of these runs; prints where it went and what it found."""
     from weatherbench.report import build_report
+    from weatherbench.report.content import regression_sentence
 
     recipients = None
     if args.email:
@@ -395,8 +396,6 @@ def _report(
     )
     print(f"\n== report: {result.status.label}, {len(result.regressions)} regression(s)")
     for comparison in result.regressions:
-        from weatherbench.report.content import regression_sentence
-
         print(f"   {regression_sentence(comparison)}")
     print(f"   PDF:  {result.pdf}\n   HTML: {result.html}\n   built in {result.build_seconds:.1f} s")
     if recipients:

@@ -94,10 +94,6 @@ class RunData:
         ]
         return sum(values) / len(values) if values else math.nan
 
-    def unit(self, metric: str, component: str = "") -> str:
-        rows = self.rows(metric, component)
-        return rows[0].unit if rows else ""
-
     def components(self, metric: str) -> list[str]:
         return sorted({r.component for r in self.rows(metric, None)})
 
@@ -106,9 +102,6 @@ class RunData:
             if row.name == name and row.step_index == step_index and row.repetition == repetition:
                 return row
         return None
-
-    def series_names(self) -> list[str]:
-        return sorted({row.name for row in self.series_rows})
 
     @property
     def sustainable_rate(self) -> float | None:

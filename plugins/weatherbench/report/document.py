@@ -51,7 +51,6 @@ class Table:
 class Chart:
     png: bytes
     caption: str
-    alt: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,19 +70,3 @@ class Document:
 
     def add(self, *blocks: Block) -> None:
         self.blocks.extend(blocks)
-
-    def text(self) -> str:
-        """Every word of the document (tests and e-mail bodies read this)."""
-        parts = [self.title, self.subtitle]
-        for block in self.blocks:
-            if isinstance(block, Heading | Text | Banner):
-                parts.append(block.text)
-            elif isinstance(block, Bullets):
-                parts.extend(block.items)
-            elif isinstance(block, Table):
-                parts.append(" | ".join(block.header))
-                parts.extend(" | ".join(row) for row in block.rows)
-                parts.append(block.caption)
-            elif isinstance(block, Chart):
-                parts.append(block.caption)
-        return "\n".join(p for p in parts if p)

@@ -77,7 +77,7 @@ def render_html(document: doc.Document, path: Path) -> Path:
         elif isinstance(block, doc.Chart):
             data = base64.b64encode(block.png).decode("ascii")
             parts.append(
-                f'<figure><img src="data:image/png;base64,{data}" alt="{escape(block.alt or block.caption)}">'
+                f'<figure><img src="data:image/png;base64,{data}" alt="{escape(block.caption)}">'
                 f'<figcaption class="caption">{escape(block.caption)}</figcaption></figure>'
             )
     html = (

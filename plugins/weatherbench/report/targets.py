@@ -56,7 +56,6 @@ class Target:
     critical: float
     unit: str
     measure: Callable[[Sequence[RunData]], Measured | None]
-    relative_to_interval: bool = False  # Spark batch time: thresholds are multiples of the trigger
 
     def judge(self, value: float) -> Status:
         if math.isnan(value):
@@ -259,7 +258,6 @@ GUIDE_TARGETS: tuple[Target, ...] = (
         2.0,
         "ratio",
         _batch_time_over_interval,
-        relative_to_interval=True,
     ),
     Target(
         "Ray actor startup (slowest)",
