@@ -164,6 +164,12 @@ class InferenceConfig:
     consumer_group: str = "weather-inference"
     batch_size: int = 500
     call_timeout_s: float = 60.0
+    # A call still unanswered after this is sent to a second actor too (0 = never):
+    # it bounds the stall of a batch whose actor's node died before Ray notices.
+    hedge_after_s: float = 2.0
+    # The pool never shrinks below this many actors: spare capacity, so a lost node's
+    # actor is restarted on a surviving node instead of being dropped with it.
+    min_actors: int = 2
     metrics_port: int = 9102
 
 

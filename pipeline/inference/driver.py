@@ -230,6 +230,7 @@ class DriverMetrics:
         "predictions",
         "deadletters",
         "redispatches",
+        "hedges",
         "timeouts",
         "actor_errors",
         "app_errors",
@@ -506,6 +507,7 @@ class InferenceDriver:
             if call.actor_ms is not None:
                 self._actor_compute_ms.append(call.actor_ms)
         self.metrics.add("redispatches", result.redispatches)
+        self.metrics.add("hedges", result.hedges)
         self.metrics.add("timeouts", result.timeouts)
         self.metrics.add("actor_errors", result.actor_errors)
         self.metrics.add("app_errors", result.app_errors)
@@ -794,6 +796,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         call_timeout_s=config.inference.call_timeout_s,
         actor_cpus=args.actor_cpus,
         actors_per_node=args.actors_per_node,
+        min_actors=config.inference.min_actors,
+        hedge_after_s=config.inference.hedge_after_s or None,
     )
     code = EXIT_OK
     driver: InferenceDriver | None = None

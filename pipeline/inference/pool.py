@@ -3,11 +3,17 @@
 This module owns everything the driver does through Ray:
 
 * sizing the pool to the ALIVE Ray worker nodes (every node but the head),
-  growing and shrinking it without blocking inference;
+  never below `min_actors`, growing and shrinking it without blocking
+  inference. The floor is spare capacity for a node loss: an actor whose
+  node died is kept (Ray restarts it on a surviving node) instead of being
+  dropped with its node, so the pool is whole again seconds after the loss;
 * splitting a batch of feature rows across the ready actors and gathering
   the results with a per-call timeout, re-dispatching a chunk whose call
-  timed out or whose actor failed (predictions are idempotent, so a chunk
-  computed twice is harmless; only the first result is kept);
+  timed out or whose actor failed, and hedging: a call still running after
+  `hedge_after_s` is sent once more to another actor. A dead node's calls
+  hang until Ray declares the node dead and restarts its actors; the hedge
+  bounds that stall by seconds instead. Predictions are idempotent, so a
+  chunk computed twice is harmless: the first result for each row is kept;
 * model rollout: telling every actor to load a new version and checking,
   on every maintenance pass, that each actor (restarted ones included)
   serves the target version.
@@ -86,6 +92,7 @@ class InferResult:
     failed: list[tuple[dict[str, Any], str]]  # (feature row, dead-letter reason)
     calls: list[CallRecord] = field(default_factory=list)
     redispatches: int = 0
+    hedges: int = 0  # calls sent a second time because the first was slow
     timeouts: int = 0
     actor_errors: int = 0
     app_errors: int = 0
@@ -114,6 +121,8 @@ class _Member:
     inflight: int = 0
     restarts: int = 0
     pending_warned: bool = False
+    restarting: bool = False  # its node died; Ray is restarting it elsewhere
+    replaces: _Member | None = None  # rebalancing: the actor this one retires once ready
     target_node: str | None = None  # node it was placed on (soft affinity), None = SPREAD
 
     @property
@@ -142,6 +151,8 @@ class ActorPool:
         call_timeout_s: float,
         actor_cpus: float = DEFAULT_ACTOR_CPUS,
         actors_per_node: int = 1,
+        min_actors: int = 1,
+        hedge_after_s: float | None = None,
         max_app_attempts: int = 3,
         stats_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -152,6 +163,8 @@ class ActorPool:
         self.call_timeout_s = call_timeout_s
         self.actor_cpus = actor_cpus
         self.actors_per_node = max(1, actors_per_node)
+        self.min_actors = max(1, min_actors)
+        self.hedge_after_s = hedge_after_s
         self.max_app_attempts = max(1, max_app_attempts)
         self.stats_timeout_s = stats_timeout_s
         self._clock = clock
@@ -167,6 +180,7 @@ class ActorPool:
         self.removed = 0
         self.creation_failures = 0
         self.restarts = 0
+        self.node_losses = 0  # actors whose node died under them
         self.rebalances = 0
         self.startup_ms: list[float] = []  # per actor, appended when it becomes ready
         self.rollouts_done: list[tuple[int, float]] = []  # (version, ms until all actors served it)
@@ -202,6 +216,7 @@ class ActorPool:
             "actors_removed": self.removed,
             "actor_creation_failures": self.creation_failures,
             "actor_restarts": self.restarts,
+            "actor_node_losses": self.node_losses,
             "actor_rebalances": self.rebalances,
             "actor_stats": [
                 {
@@ -285,7 +300,13 @@ class ActorPool:
             except RayError as exc:
                 self._on_call_error(member, kind, exc)
                 continue
-            if kind == "ready":
+            if kind == "ready" and member.restarting:
+                member.ready = True
+                member.ready_ref = None
+                member.restarting = False
+                self._record_stats(member, result)
+                log.info("actor seq=%d serves again on node %s", member.seq, str(result.get("node_id"))[:12])
+            elif kind == "ready":
                 member.ready = True
                 member.ready_ref = None
                 member.startup_ms = (time.perf_counter() - member.created_perf) * 1000.0
@@ -340,7 +361,9 @@ class ActorPool:
             self.alive_workers = alive_worker_node_ids(ray.nodes())
         except RayError as exc:  # GCS briefly unreachable: keep the last known sizing
             log.warning("cannot list Ray nodes: %s", _short(exc))
-        target = max(1, len(self.alive_workers) * self.actors_per_node)
+        else:
+            self._mark_node_losses()
+        target = max(self.min_actors, len(self.alive_workers) * self.actors_per_node)
         if target != self.target_size:
             log.info(
                 "pool target %d -> %d actors (%d alive worker nodes)",
@@ -349,7 +372,9 @@ class ActorPool:
                 len(self.alive_workers),
             )
             self.target_size = target
-        current = len(self.members)
+        self._retire_replaced()
+        # A rebalancing replacement and the actor it retires count once.
+        current = len(self.members) - sum(1 for m in self.members if m.replaces is not None)
         if current < target:
             for _ in range(target - current):
                 self._create(self._emptiest_node())
@@ -396,6 +421,26 @@ class ActorPool:
                 m.reload_version = self.target_version
         self._check_rollout()
 
+    def _mark_node_losses(self) -> None:
+        """Ready actors whose node is no longer alive are restarting: stop dispatching to them.
+
+        Ray restarts them on a surviving node (max_restarts=-1, soft affinity);
+        the readiness probe sent by maintain() answers once one is up again.
+        """
+        alive = set(self.alive_workers)
+        for m in self.ready_members():
+            if m.node_id is not None and m.node_id not in alive:
+                log.warning(
+                    "actor seq=%d lost its node %s; waiting for Ray to restart it", m.seq, m.node_id[:12]
+                )
+                m.ready = False
+                m.restarting = True
+                m.ready_ref = None
+                m.stats_ref = None
+                m.created_at = self._clock()  # the not-ready watchdog counts from the loss
+                m.pending_warned = False
+                self.node_losses += 1
+
     def _placement(self) -> dict[str, list[_Member]]:
         """Actors (ready or starting) per alive worker node."""
         placed: dict[str, list[_Member]] = {node: [] for node in self.alive_workers}
@@ -419,22 +464,39 @@ class ActorPool:
         return node if len(placed[node]) < self.actors_per_node else None
 
     def _rebalance(self) -> None:
-        """Move one idle actor from a crowded node to an empty one (one move per pass)."""
-        if self.starting_members():
+        """Move one actor from a crowded node to an empty one (one move per pass).
+
+        Make before break: the new actor starts on the empty node first and the
+        old one is retired once the new one is ready and the old one idle, so
+        the pool never serves with fewer actors than its target.
+        """
+        if self.starting_members() or any(m.replaces is not None for m in self.members):
             return
         placed = self._placement()
         crowded = [n for n, ms in placed.items() if len(ms) > self.actors_per_node]
         empty = [n for n, ms in placed.items() if len(ms) < self.actors_per_node]
         if not crowded or not empty:
             return
-        idle = [m for m in placed[crowded[0]] if m.inflight == 0]
-        if not idle:
-            return
-        victim = max(idle, key=lambda m: m.seq)
-        self._remove(victim, f"rebalancing to node {empty[0][:12]} which has no actor")
-        self.members = [m for m in self.members if not m.dead]
+        victim = max(placed[crowded[0]], key=lambda m: m.seq)
+        log.info(
+            "rebalancing: starting an actor on node %s to replace actor seq=%d", empty[0][:12], victim.seq
+        )
         self._create(empty[0])
+        self.members[-1].replaces = victim
         self.rebalances += 1
+
+    def _retire_replaced(self) -> None:
+        """Retire the actors whose rebalancing replacement is ready, once they have no call in flight."""
+        for m in self.ready_members():
+            old = m.replaces
+            if old is None:
+                continue
+            if old.dead:
+                m.replaces = None
+            elif old.inflight == 0:
+                self._remove(old, f"replaced by actor seq={m.seq} on node {(m.node_id or '?')[:12]}")
+                m.replaces = None
+        self.members = [m for m in self.members if not m.dead]
 
     def _check_rollout(self) -> None:
         if self._rollout_started is None:
@@ -506,9 +568,11 @@ class ActorPool:
         """Predictions for `rows` (same order), re-dispatching chunks until each succeeds.
 
         Timeouts and actor failures (node death, restart, kill) are retried on
-        another actor without limit, since the cluster heals; a chunk whose
-        model call raises is split in two to isolate the bad row, and a single
-        row failing `max_app_attempts` times is returned in `failed`.
+        another actor without limit, since the cluster heals; a call slower
+        than `hedge_after_s` is also sent to a second actor and the first
+        answer for each row wins. A chunk whose model call raises is split in
+        two to isolate the bad row, and a single row failing
+        `max_app_attempts` times is returned in `failed`.
         Raises InferenceAborted when `should_abort()` turns true. `tick` is
         called on every wait round, so the caller's periodic work (pool
         maintenance, stats) goes on during a long stall; it must be cheap and
@@ -528,16 +592,20 @@ class ActorPool:
             else:
                 self._sleep(0.5)
 
-        done: dict[int, list[dict[str, Any]]] = {}  # chunk start -> predictions
+        batch = _Batch(len(rows))
         attempts: dict[tuple[int, int], int] = {}  # app-error attempts per chunk range
         queue: list[tuple[float, int, int, _Member | None]] = [
             (0.0, start, end, None) for start, end in split_ranges(len(rows), len(self.ready_members()))
         ]
-        pending: dict[Any, tuple[int, int, _Member, float]] = {}  # ref -> (start, end, member, sent)
-        finished_rows = 0
+        pending: dict[Any, _Call] = {}
         backoff = 0.25
 
-        while finished_rows < len(rows):
+        def send(start: int, end: int, member: _Member, now: float, hedge: bool = False) -> None:
+            ref = member.handle.predict.remote(list(rows[start:end]))
+            member.inflight += 1
+            pending[ref] = _Call(start, end, member, now, hedged=hedge)
+
+        while batch.remaining:
             if should_abort():
                 raise InferenceAborted("stopped during inference")
             if tick is not None:
@@ -545,16 +613,17 @@ class ActorPool:
             now = self._clock()
             later: list[tuple[float, int, int, _Member | None]] = []
             for not_before, start, end, avoid in queue:
+                if batch.settled(start, end):
+                    continue  # a hedge or an earlier attempt already answered these rows
                 member = self._pick(avoid) if not_before <= now else None
                 if member is None:
                     later.append(
                         (max(not_before, now + 0.2) if not_before <= now else not_before, start, end, avoid)
                     )
                     continue
-                ref = member.handle.predict.remote(list(rows[start:end]))
-                member.inflight += 1
-                pending[ref] = (start, end, member, now)
+                send(start, end, member, now)
             queue = later
+            self._hedge(pending, batch, now, result, send)
             if not pending:
                 # Nothing in flight: chunks wait for a back-off to expire, or for an
                 # actor (all gone: maintenance brings replacements).
@@ -564,12 +633,13 @@ class ActorPool:
                 self._sleep(min(0.5, max(0.01, due - now)))
                 continue
 
-            oldest = min(sent for _, _, _, sent in pending.values())
+            oldest = min(call.sent for call in pending.values())
             wait_s = max(0.0, min(0.25, oldest + self.call_timeout_s - now))
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=wait_s)
             now = self._clock()
             for ref in ready:
-                start, end, member, sent = pending.pop(ref)
+                call = pending.pop(ref)
+                start, end, member = call.start, call.end, call.member
                 member.inflight -= 1
                 try:
                     out = ray.get(ref, timeout=0)
@@ -580,20 +650,23 @@ class ActorPool:
                 except RayActorError as exc:
                     # Actor died, is restarting, or its node is gone: run the chunk elsewhere.
                     result.actor_errors += 1
-                    result.redispatches += 1
                     if isinstance(exc, ActorDiedError) and not member.dead:
                         member.dead = True
                         self.removed += 1
                     member.suspect_until = now + 2.0
-                    log.warning(
-                        "actor seq=%d call failed (%s); re-dispatching %d rows",
-                        member.seq,
-                        _short(exc),
-                        end - start,
-                    )
-                    queue.append((now + backoff, start, end, member))
+                    if not batch.settled(start, end):
+                        result.redispatches += 1
+                        log.warning(
+                            "actor seq=%d call failed (%s); re-dispatching %d rows",
+                            member.seq,
+                            _short(exc),
+                            end - start,
+                        )
+                        queue.append((now + backoff, start, end, member))
                     continue
                 except RayTaskError as exc:
+                    if batch.settled(start, end):
+                        continue
                     result.app_errors += 1
                     cause = exc.cause if getattr(exc, "cause", None) is not None else exc
                     if end - start > 1:
@@ -610,7 +683,7 @@ class ActorPool:
                             "row %r failed %d times, dead-lettering: %s", _row_key(rows[start]), tries, reason
                         )
                         result.failed.append((dict(rows[start]), reason))
-                        finished_rows += 1
+                        batch.settle(start, [None])
                     else:
                         result.redispatches += 1
                         queue.append((now, start, end, member))
@@ -618,37 +691,100 @@ class ActorPool:
                 except RayError as exc:
                     # Object lost, worker crashed, ...: the system's fault, not the row's.
                     result.actor_errors += 1
-                    result.redispatches += 1
                     member.suspect_until = now + 2.0
-                    log.warning("actor seq=%d call error (%s); re-dispatching", member.seq, _short(exc))
-                    queue.append((now + backoff, start, end, member))
+                    if not batch.settled(start, end):
+                        result.redispatches += 1
+                        log.warning("actor seq=%d call error (%s); re-dispatching", member.seq, _short(exc))
+                        queue.append((now + backoff, start, end, member))
                     continue
-                done[start] = out
-                finished_rows += end - start
+                batch.settle(start, out)
                 stamps = (out[0].get("ray_start"), out[0].get("ray_end")) if out else (None, None)
                 span = stamps[1] - stamps[0] if None not in stamps else None
-                result.calls.append(CallRecord(end - start, (now - sent) * 1000.0, span))
-            for ref, (start, end, member, sent) in list(pending.items()):
-                if now - sent >= self.call_timeout_s:
+                result.calls.append(CallRecord(end - start, (now - call.sent) * 1000.0, span))
+            for ref, call in list(pending.items()):
+                if now - call.sent >= self.call_timeout_s:
                     # Give up on this call (Ray may still run it: harmless, result ignored).
                     del pending[ref]
-                    member.inflight -= 1
-                    member.suspect_until = now + self.call_timeout_s
+                    call.member.inflight -= 1
+                    call.member.suspect_until = now + self.call_timeout_s
                     result.timeouts += 1
+                    if batch.settled(call.start, call.end):
+                        continue
                     result.redispatches += 1
                     log.warning(
                         "actor seq=%d call timed out after %.1f s; re-dispatching %d rows",
-                        member.seq,
+                        call.member.seq,
                         self.call_timeout_s,
-                        end - start,
+                        call.end - call.start,
                     )
-                    queue.append((now, start, end, member))
+                    queue.append((now, call.start, call.end, call.member))
             if any(m.dead for m in self.members):
                 self.members = [m for m in self.members if not m.dead]
 
-        for start in sorted(done):
-            result.predictions.extend(done[start])
+        result.predictions = batch.predictions()
         return result
+
+    def _hedge(
+        self,
+        pending: dict[Any, _Call],
+        batch: _Batch,
+        now: float,
+        result: InferResult,
+        send: Callable[..., None],
+    ) -> None:
+        """Send each call slower than hedge_after_s once more, to another ready actor."""
+        if self.hedge_after_s is None:
+            return
+        for call in list(pending.values()):
+            if call.hedged or now - call.sent < self.hedge_after_s or batch.settled(call.start, call.end):
+                continue
+            call.hedged = True  # one hedge per call, whether or not an actor is free for it
+            member = self._pick(call.member)
+            if member is None or member is call.member:
+                continue
+            result.hedges += 1
+            log.info(
+                "actor seq=%d has not answered %d rows in %.1f s; hedging on actor seq=%d",
+                call.member.seq,
+                call.end - call.start,
+                now - call.sent,
+                member.seq,
+            )
+            send(call.start, call.end, member, now, hedge=True)
+
+
+@dataclass
+class _Call:
+    """One predict call in flight."""
+
+    start: int
+    end: int
+    member: _Member
+    sent: float
+    hedged: bool = False  # already hedged, or itself a hedge: no further copies
+
+
+class _Batch:
+    """Which rows of one infer() call have their answer (a prediction, or a failure)."""
+
+    def __init__(self, size: int) -> None:
+        self._slots: list[dict[str, Any] | None] = [None] * size
+        self._done = [False] * size
+        self.remaining = size
+
+    def settled(self, start: int, end: int) -> bool:
+        return all(self._done[start:end])
+
+    def settle(self, start: int, answers: Sequence[dict[str, Any] | None]) -> None:
+        """Record answers for rows start.. in order; rows already answered keep their first answer."""
+        for i, answer in enumerate(answers):
+            if not self._done[start + i]:
+                self._done[start + i] = True
+                self._slots[start + i] = answer
+                self.remaining -= 1
+
+    def predictions(self) -> list[dict[str, Any]]:
+        return [slot for slot in self._slots if slot is not None]
 
 
 def _short(exc: BaseException) -> str:

@@ -266,7 +266,11 @@ def recovery(
         return float(row["api_time"]) - float(row.get("ingestion_time_max") or row["window_end"])
 
     timed = [r for r in rows if r.get("api_time") is not None and r.get("window_end") is not None]
-    before = [r for r in timed if warmup_s <= served_s(r) < fault_s]
+    # Normal is judged on windows served after the warm-up, or on any served before the
+    # fault when the warm-up left none (a slow pipeline serves its first window late).
+    before = [r for r in timed if warmup_s <= served_s(r) < fault_s] or [
+        r for r in timed if served_s(r) < fault_s
+    ]
     after = sorted((r for r in timed if served_s(r) >= fault_s), key=served_s)
     nan = math.nan
     if math.isnan(fault_s):

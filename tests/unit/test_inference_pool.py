@@ -36,6 +36,15 @@ class Ref:
         self, value: Any = None, exc: BaseException | None = None, ready_at: float | None = 0.0
     ) -> None:
         self.value, self.exc, self.ready_at = value, exc, ready_at
+        self.deferred: tuple[FakeActor, str, tuple[Any, ...]] | None = None
+
+    def resolve(self) -> None:
+        """A call queued while its actor was down runs once the actor is back (Ray's task retries)."""
+        if self.deferred is not None and self.deferred[0].mode != "down":
+            actor, method, args = self.deferred
+            self.deferred = None
+            done = actor.call(method, *args)
+            self.value, self.exc, self.ready_at = done.value, done.exc, done.ready_at
 
 
 class FakeActor:
@@ -44,7 +53,7 @@ class FakeActor:
         self.pid = 100 + seq
         self.version = ray.current_version
         self.killed = False
-        self.mode = "ok"  # ok | hang | unavailable | app_error_on:<station>
+        self.mode = "ok"  # ok | hang | down (every call hangs) | unavailable | app_error_on:<station>
         self.calls: list[list[dict[str, Any]]] = []
 
     def stats(self) -> dict[str, Any]:
@@ -58,6 +67,10 @@ class FakeActor:
     def call(self, method: str, *args: Any) -> Ref:
         if self.killed:
             return Ref(exc=ActorDiedError())
+        if self.mode == "down":
+            ref = Ref(ready_at=None)
+            ref.deferred = (self, method, args)
+            return ref
         if method == "stats":
             return Ref(self.stats())
         if method == "reload":
@@ -115,6 +128,8 @@ class FakeRay:
 
     def wait(self, refs: list[Ref], num_returns: int = 1, timeout: float | None = None) -> tuple[list, list]:
         def ready() -> list[Ref]:
+            for r in refs:
+                r.resolve()
             return [r for r in refs if r.ready_at is not None and r.ready_at <= self.clock.now]
 
         done = ready()
@@ -157,11 +172,13 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeRay:
     return fr
 
 
-def make_pool(fake: FakeRay, call_timeout_s: float = 5.0) -> ActorPool:
+def make_pool(fake: FakeRay, call_timeout_s: float = 5.0, **options: Any) -> ActorPool:
     def sleep(seconds: float) -> None:
         fake.clock.now += seconds
 
-    pool = ActorPool(Path("/models"), 1, call_timeout_s=call_timeout_s, clock=fake.clock, sleep=sleep)
+    pool = ActorPool(
+        Path("/models"), 1, call_timeout_s=call_timeout_s, clock=fake.clock, sleep=sleep, **options
+    )
     pool.wait_ready(10)
     return pool
 
@@ -312,3 +329,69 @@ def test_periodic_work_runs_while_a_batch_is_stalled(fake: FakeRay) -> None:
     assert len(ticks) >= 3
     assert pool.target_size == 1
     assert [a.node for a in fake.live_actors()] == [N2]
+
+
+def test_a_slow_call_is_hedged_on_another_actor_long_before_its_timeout(fake: FakeRay) -> None:
+    pool = make_pool(fake, call_timeout_s=60.0, hedge_after_s=1.0)
+    fake.actors[0].mode = "hang"
+    start = fake.clock.now
+    result = pool.infer(rows(4))
+    assert [p["station_id"] for p in result.predictions] == ["s0", "s1", "s2", "s3"]
+    assert {p["actor_id"] for p in result.predictions} == {"a1"}
+    assert result.hedges == 1
+    assert result.timeouts == 0
+    assert fake.clock.now - start < 2.0  # one hedge delay, not the 60 s call timeout
+
+
+def test_the_first_answer_wins_when_the_hedged_call_also_answers(fake: FakeRay) -> None:
+    pool = make_pool(fake, call_timeout_s=60.0, hedge_after_s=1.0)
+    slow = fake.actors[0]
+    slow.mode = "ok"
+    original = slow.call
+
+    def late(method: str, *args: Any) -> Ref:
+        ref = original(method, *args)
+        if method == "predict":
+            ref.ready_at = fake.clock.now + 1.5  # answers after the hedge was sent
+        return ref
+
+    slow.call = late  # type: ignore[method-assign]
+    result = pool.infer(rows(4))
+    assert sorted(p["station_id"] for p in result.predictions) == ["s0", "s1", "s2", "s3"]
+    assert len(result.predictions) == 4  # no row twice, although two actors answered it
+    assert result.hedges == 1
+
+
+def test_no_hedge_without_the_option(fake: FakeRay) -> None:
+    pool = make_pool(fake, call_timeout_s=5.0)
+    fake.actors[0].mode = "hang"
+    result = pool.infer(rows(4))
+    assert result.hedges == 0
+    assert result.timeouts == 1
+
+
+def test_spare_capacity_keeps_a_lost_nodes_actor_until_ray_restarts_it(fake: FakeRay) -> None:
+    pool = make_pool(fake, min_actors=2, hedge_after_s=1.0)
+    lost = next(a for a in fake.actors if a.node == N1)
+    lost.mode = "down"
+    fake.dead_nodes.add(N1)
+    pool.maintain()
+    assert pool.target_size == 2  # the floor, although one worker node is left
+    assert len(pool.ready_members()) == 1
+    assert pool.node_losses == 1
+    assert len(fake.live_actors()) == 2  # not killed: Ray is restarting it
+    # Inference goes on with the survivor meanwhile.
+    assert len(pool.infer(rows(3)).predictions) == 3
+    # Ray brings it up on the surviving node, as a new process.
+    lost.node, lost.pid, lost.mode = N2, 777, "ok"
+    pool.maintain()  # probe answered: ready again
+    assert len(pool.ready_members()) == 2
+    assert pool.restarts == 1
+    assert pool.startup_ms and len(pool.startup_ms) == 2  # a restart is not a new actor's start-up
+    # The node comes back: one actor moves over to it, the new one ready before the old one goes.
+    fake.dead_nodes.discard(N1)
+    for _ in range(3):
+        pool.maintain()
+        assert len(pool.ready_members()) >= 2
+    assert sorted(a.node for a in fake.live_actors()) == [N1, N2]
+    assert pool.rebalances == 1

@@ -147,6 +147,8 @@ class RayCollector(Collector):
                 "ray.actor_rss.max", float(max(p.get("actor_rss_mb_max") or 0 for p in pools)), "MB", "ray"
             ),
             Metric("ray.actor_restarts", float(last.get("actor_restarts", 0)), "restarts", "ray"),
+            Metric("ray.actor_node_losses", float(last.get("actor_node_losses", 0)), "actors", "ray"),
+            Metric("ray.hedges", totals.get("hedges", 0.0), "calls", "ray"),
             Metric("ray.failures", failures, "calls", "ray"),
             Metric("ray.failure_rate", 100.0 * failures / calls if calls else 0.0, "%", "ray"),
             Metric(
