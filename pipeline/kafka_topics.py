@@ -259,9 +259,13 @@ def ensure_pipeline_topics(kafka: KafkaConfig, admin: AdminClient | None = None)
 
 
 def read_topic(
-    bootstrap_servers: str, topic: str, timeout_s: float = 30.0
+    bootstrap_servers: str, topic: str, timeout_s: float = 30.0, since_ms: int | None = None
 ) -> list[tuple[int, int, bytes | None, bytes | None]]:
-    """Every record currently in a topic as (partition, broker timestamp ms, key, value), read to the end."""
+    """Every record currently in a topic as (partition, broker timestamp ms, key, value), read to the end.
+
+    With `since_ms`, reading starts at the first record of each partition whose
+    broker timestamp is at or after it (the topics use log-append time).
+    """
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
@@ -278,8 +282,15 @@ def read_topic(
             raise TopicError(f"topic {topic} does not exist")
         remaining: dict[int, int] = {}
         assignment = []
+        starts: dict[int, int] = {}
+        if since_ms is not None:
+            wanted = [TopicPartition(topic, p, since_ms) for p in metadata.partitions]
+            # Offset -1: no record at or after since_ms in that partition.
+            starts = {tp.partition: tp.offset for tp in consumer.offsets_for_times(wanted, timeout=timeout_s)}
         for partition in metadata.partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+            if partition in starts:
+                low = high if starts[partition] < 0 else max(low, starts[partition])
             if high > low:
                 remaining[partition] = high
                 assignment.append(TopicPartition(topic, partition, low))

@@ -31,6 +31,7 @@ from typing import Any
 
 from pipeline.config import StackConfig
 from pipeline.stack.base import INFRASTRUCTURE, KAFKA, STREAMING_JOB
+from weatherbench.audit import gaps_by_stage
 from weatherbench.manifest import build_manifest
 from weatherbench.metrics import Metric
 from weatherbench.reference import ReferenceResult, measure_ceilings
@@ -127,6 +128,7 @@ def summarize(plan: TestPlan, outcomes: list[StepOutcome], cores: int) -> dict[s
             if any(o.bottleneck for o in group)
             else None,
             "lost_messages": sum(o.accounting.get("lost_messages", 0) for o in group),
+            "gaps": gaps_by_stage(gap for o in group for gap in o.gaps),
             "partition_counts": {str(k): v for k, v in sorted(group[0].partition_counts.items())},
             "metrics": {},
         }

@@ -23,6 +23,7 @@ Definitions are in the README's measurement section.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 import uuid
@@ -35,6 +36,7 @@ from pipeline.accounting import Accounting, account, expected_windows, fetch_pre
 from pipeline.config import StackConfig, load_config
 from pipeline.kafka_topics import (
     APPEND_TIME,
+    TopicError,
     admin_client,
     delete_topics,
     describe_topics,
@@ -46,6 +48,7 @@ from pipeline.producer.observations import ObservationSource, make_source
 from pipeline.producer.producer import DeliveryLedger, WeatherProducer
 from pipeline.stack import get_stack
 from pipeline.stack.base import COMPONENTS, KAFKA, RAY_WORKER, SPARK_WORKER, STREAMING_JOB, Stack
+from weatherbench.audit import Gap, audit, gaps_by_stage
 from weatherbench.collectors.api_load import ApiLoadCollector, ApiLoadSpec
 from weatherbench.collectors.base import Collector
 from weatherbench.collectors.kafka import KafkaFlowCollector, clock_sanity, topic_metrics
@@ -60,6 +63,9 @@ from weatherbench.workloads import LoadSettings, Slo, StackShape, Step, TestPlan
 log = logging.getLogger(__name__)
 
 CLOCK_TOPIC = "weather-bench-clock"
+# The audit reads the topics from a little before the step's first send (broker append times).
+AUDIT_SLACK_MS = 1000
+GAPS_LOGGED = 10  # gaps printed to the progress log; all are counted in the metrics
 # Bytes of an encoded observation without padding (measured: producer.message_size.mean).
 NATURAL_MESSAGE_BYTES = 240
 # A sender with more than this share of messages late (> 100 ms) cannot offer the rate: the
@@ -131,6 +137,7 @@ class StepOutcome:
     partition_counts: dict[int, int] = field(default_factory=dict)
     api_users: int = 0  # Locust users querying the API during the step
     faults: list[dict[str, Any]] = field(default_factory=list)  # one record per injected fault
+    gaps: list[Gap] = field(default_factory=list)  # where served windows fell short, by stage
 
     def value(self, name: str, component: str | None = None) -> float:
         for metric in self.metrics:
@@ -549,6 +556,8 @@ class Bench:
         if pipeline and rows:
             # Close latency of every served window at the moment it was served: faults show as spikes.
             outcome.series.append(served_window_latency(rows, collectors[0].started_ms))
+        if pipeline and accounting is not None:
+            outcome.gaps = self._locate_gaps(outcome, result, prefix + "-", step, accounting, rows)
         if injector is not None and pipeline and accounting is not None:
             for event in injector.events:
                 found = recovery(
@@ -565,6 +574,7 @@ class Bench:
                 outcome.metrics += found.metrics()
                 outcome.faults.append(
                     found.summary(step.index, accounting.lost_messages, accounting.duplicate_deliveries)
+                    | {"gaps": gaps_by_stage(outcome.gaps)}
                 )
         outcome.metrics += _producer_metrics(
             result, prefix, max(1e-3, load_seconds), per_partition, bytes_sent
@@ -612,6 +622,43 @@ class Bench:
             outcome.metrics.append(Metric("verdict.sustained", 1.0 if outcome.sustained else 0.0, "bool"))
         self.progress(self.describe(outcome))
         return outcome
+
+    def _locate_gaps(
+        self,
+        outcome: StepOutcome,
+        result: LoadResult,
+        prefix: str,
+        step: Step,
+        accounting: Accounting,
+        rows: list[dict],
+    ) -> list[Gap]:
+        """The stage and kind of every window the API serves short, missing or over-counted."""
+        acked = {key: ms for key, ms in result.ledger.event_times.items() if key[0].startswith(prefix)}
+        dropped = outcome.value("spark.rows_dropped_by_watermark")
+        try:
+            gaps = audit(
+                self.config,
+                self.config.kafka.benchmark_topic,
+                prefix,
+                result.start_ms - AUDIT_SLACK_MS,
+                acked,
+                step.stack.window_ms,
+                accounting,
+                rows,
+                late_dropped_rows=0 if math.isnan(dropped) else int(dropped),
+            )
+        except TopicError as exc:
+            self.progress(f"   could not locate the gaps: {exc}")
+            return []
+        for stage, kinds in gaps_by_stage(gaps).items():
+            outcome.metrics += [
+                Metric(f"loss.{stage}.{kind}", float(n), "messages", stage) for kind, n in kinds.items() if n
+            ]
+        for gap in gaps[:GAPS_LOGGED]:
+            self.progress(
+                f"   gap: {gap.station} window {gap.window_start}: {gap.messages} {gap.kind} at {gap.stage}"
+            )
+        return gaps
 
     def _drain(self, expected: dict, prefix: str, timeout_s: float) -> list[dict]:
         """Poll the API until every expected window is served in full, or the timeout passes."""

@@ -649,6 +649,7 @@ def fault_blocks(run: RunData) -> list[Any]:
             _num(fault.get("windows_affected", math.nan)),
             _num(fault.get("lost", math.nan)),
             _num(fault.get("duplicated", math.nan)),
+            gap_text(fault.get("gaps")),
             ", ".join(fault.get("left_down_after_step") or []) or "none",
             fault.get("error") or "",
         ]
@@ -656,19 +657,40 @@ def fault_blocks(run: RunData) -> list[Any]:
     ]
     blocks.append(
         Table(
-            ["Fault", "Throughput dip", "Windows late", "Lost", "Duplicated", "Down after step", "Error"],
+            [
+                "Fault",
+                "Throughput dip",
+                "Windows late",
+                "Lost",
+                "Duplicated",
+                "Where",
+                "Down after step",
+                "Error",
+            ],
             damage,
             caption="Lost and duplicated are counted against every acknowledged message of the step; "
-            "duplicated are repeated prediction deliveries the API absorbed. Down after step: components "
-            "found not running after the step and started again before the next one.",
-            align="lrrrrll",
-            widths=[0.22, 0.12, 0.11, 0.08, 0.11, 0.16, 0.2],
+            "duplicated are repeated prediction deliveries the API absorbed. Where: the stage at which "
+            "messages of a window served short went missing (lost, dropped behind the watermark, or "
+            "counted twice), found by following the window through the topics. Down after step: "
+            "components found not running after the step and started again before the next one.",
+            align="lrrrrlll",
+            widths=[0.2, 0.1, 0.1, 0.07, 0.1, 0.14, 0.13, 0.16],
             small=True,
         )
     )
     for fault in faults:
         blocks += fault_timeline(run, fault)
     return blocks
+
+
+def gap_text(gaps: dict[str, dict[str, int]] | None) -> str:
+    """'spark: 3 lost, 2 dropped_late' from a step's gaps by stage and kind; 'none' when there are none."""
+    parts = [
+        f"{stage}: " + ", ".join(f"{n:,} {kind.replace('_', ' ')}" for kind, n in kinds.items() if n)
+        for stage, kinds in (gaps or {}).items()
+        if any(kinds.values())
+    ]
+    return "; ".join(parts) or "none"
 
 
 def fault_timeline(run: RunData, fault: dict[str, Any]) -> list[Any]:
