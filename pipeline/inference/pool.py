@@ -721,6 +721,8 @@ class ActorPool:
             if any(m.dead for m in self.members):
                 self.members = [m for m in self.members if not m.dead]
 
+        for call in pending.values():
+            call.member.inflight -= 1  # the slower copy of a hedged call: its answer is not needed
         result.predictions = batch.predictions()
         return result
 

@@ -341,6 +341,8 @@ def test_a_slow_call_is_hedged_on_another_actor_long_before_its_timeout(fake: Fa
     assert result.hedges == 1
     assert result.timeouts == 0
     assert fake.clock.now - start < 2.0  # one hedge delay, not the 60 s call timeout
+    # The hung copy is abandoned: no actor counts it in flight (rebalancing waits for idle actors).
+    assert [m.inflight for m in pool.members] == [0, 0]
 
 
 def test_the_first_answer_wins_when_the_hedged_call_also_answers(fake: FakeRay) -> None:
