@@ -49,7 +49,11 @@ def _parser() -> argparse.ArgumentParser:
             help="instance number of a scalable component (default: last) or Kafka broker (default: 1)",
         )
         if name == "kill":
-            cmd.add_argument("--graceful", action="store_true", help="SIGTERM instead of SIGKILL")
+            cmd.add_argument(
+                "--graceful",
+                action="store_true",
+                help="SIGTERM instead of SIGKILL (a stop: a supervised service is not restarted)",
+            )
     component = sub.add_parser("component", help="run one component in the foreground (for containers)")
     component.add_argument("component", choices=COMPONENTS)
     component.add_argument(

@@ -189,6 +189,25 @@ class ModelConfig:
 
 
 @dataclass
+class SupervisorConfig:
+    """How the local backend keeps the pipeline's services running (see pipeline/stack/supervisor.py).
+
+    With `enabled`, the streaming job, the inference driver and the serving API each run
+    under a supervisor that starts them again when they exit without being asked to.
+    """
+
+    enabled: bool = True
+    backoff_initial_s: float = 1.0  # wait before the first restart; doubles per restart
+    backoff_max_s: float = 30.0
+    reset_after_s: float = 30.0  # a child that stayed up this long starts the back-off over
+    max_restarts: int = 5  # more exits than this within restart_window_s: give up
+    restart_window_s: float = 120.0
+    # SIGTERM to SIGKILL. Below the local backend's own 30-s stop timeout, after which it
+    # kills the whole session (supervisor included) without the supervisor's log line.
+    stop_timeout_s: float = 25.0
+
+
+@dataclass
 class StackConfig:
     state_dir: Path = field(default_factory=lambda: REPO_ROOT / ".state")
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
@@ -197,6 +216,7 @@ class StackConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
 
     @property
     def model_dir(self) -> Path:
@@ -256,6 +276,7 @@ _SECTIONS = {
     "inference": InferenceConfig,
     "api": ApiConfig,
     "model": ModelConfig,
+    "supervisor": SupervisorConfig,
 }
 
 
@@ -344,6 +365,11 @@ def validate_config(config: StackConfig) -> None:
             f"kafka.brokers: expected 1 or 3, got {config.kafka.brokers} (1 combined node without "
             "replication, or a 3-node KRaft quorum with replication factor 3)"
         )
+    sup = config.supervisor
+    if sup.backoff_initial_s <= 0 or sup.backoff_max_s < sup.backoff_initial_s:
+        raise ConfigError("supervisor.backoff_initial_s must be > 0 and <= supervisor.backoff_max_s")
+    if sup.max_restarts < 0 or sup.restart_window_s <= 0 or sup.stop_timeout_s <= 0:
+        raise ConfigError("supervisor.max_restarts must be >= 0, restart_window_s and stop_timeout_s > 0")
     ports = config.ports()
     seen: dict[int, str] = {}
     for owner, port in ports.items():

@@ -111,3 +111,19 @@ class Stack(abc.ABC):
     @abc.abstractmethod
     def restart(self, component: str, which: int | None = None) -> None:
         """Start a stopped or killed instance again (or stop and start a running one)."""
+
+    def supervised(self, component: str) -> bool:
+        """Whether this backend starts the component again by itself after its process dies.
+
+        For such a component kill() is a crash the backend recovers from without a restart()
+        call, and kill(graceful=True) is an operator's stop, which it does not undo.
+        """
+        return False
+
+    def started_at(self, component: str, which: int | None = None) -> float | None:
+        """When the instance's current process started (epoch seconds); None when none runs.
+
+        A supervised component restarted by its backend shows a later time than its kill:
+        that is how a caller learns when it came back.
+        """
+        return None

@@ -6,6 +6,7 @@ wheel, and the pipeline's own services (streaming job, inference driver,
 serving API). All files live under the state dir:
 
     <state>/pids/<instance>.json   pid, session, start time (see process.py)
+    <state>/pids/<instance>.state  a supervised service's child, restarts, last exits (supervisor.py)
     <state>/logs/<instance>.log    stdout+stderr of each process
     <state>/kafka/                 server.properties and data/ of the single broker, or
     <state>/kafka/broker-<i>/      of broker i of a 3-broker cluster (kafka.brokers = 3)
@@ -18,6 +19,13 @@ Kafka runs as one combined broker+controller node (instance "kafka") or as a 3-n
 KRaft cluster (instances "kafka-1".."kafka-3", replication factor 3, min ISR 2).
 kill/restart act on one broker (`which`, default broker 1); the broker count is fixed
 at `up`, so `scale("kafka", n)` is refused.
+
+The pipeline's services (streaming job, inference driver, API) run under a supervisor
+(`supervisor.enabled`, default on) that starts them again when they die. For them,
+`kill` is a crash: SIGKILL to the service's own processes, and the supervisor brings it
+back after its back-off. `kill(graceful=True)` is an operator's stop, like `systemctl
+stop`: SIGTERM through the supervisor, which then exits too, and the service stays down
+until `restart` or `up`. `restart` stops both and starts both again.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from pipeline.stack.base import (
     RAY_HEAD,
     RAY_WORKER,
     SCALABLE,
+    SERVICES,
     SPARK_MASTER,
     SPARK_WORKER,
     STREAMING_JOB,
@@ -67,6 +76,7 @@ from pipeline.stack.process import (
     port_owner,
     stop_all,
 )
+from pipeline.stack.supervisor import STATE_SUFFIX, SupervisedProcess, recorded
 
 log = logging.getLogger(__name__)
 KAFKA_LOG4J = REPO_ROOT / "include" / "kafka" / "log4j2.properties"
@@ -132,6 +142,20 @@ class LocalStack(Stack):
     # ------------------------------------------------------------------ helpers
     def _proc(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
         return ManagedProcess(name, argv, pid_dir=self.pid_dir, log_dir=self.log_dir, env=env, cwd=REPO_ROOT)
+
+    def _service(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
+        """A pipeline service's process: under a supervisor unless supervisor.enabled is off."""
+        if not self.config.supervisor.enabled:
+            return self._proc(name, argv, env)
+        return SupervisedProcess(
+            name,
+            argv,
+            pid_dir=self.pid_dir,
+            log_dir=self.log_dir,
+            env=env,
+            cwd=REPO_ROOT,
+            settings=self.config.supervisor,
+        )
 
     def _base_env(self) -> dict[str, str]:
         env = service_environ()
@@ -622,7 +646,7 @@ class LocalStack(Stack):
             ui_port=self.config.spark.driver_ui_port,
             extra_args=["--config", str(self.config.stack_file)],
         )
-        return self._proc(STREAMING_JOB, argv, spark_env(self.config, base=self._base_env()))
+        return self._service(STREAMING_JOB, argv, spark_env(self.config, base=self._base_env()))
 
     def _inference(self) -> ManagedProcess:
         argv = [
@@ -634,11 +658,11 @@ class LocalStack(Stack):
             "--metrics-port",
             str(self.config.inference.metrics_port),
         ]
-        return self._proc(INFERENCE, argv, self._ray_env())
+        return self._service(INFERENCE, argv, self._ray_env())
 
     def _api(self) -> ManagedProcess:
         argv = [sys.executable, "-m", "pipeline.api", "--config", str(self.config.stack_file)]
-        return self._proc(API, argv, self._base_env())
+        return self._service(API, argv, self._base_env())
 
     def _progress_file(self) -> Path:
         return self.log_dir / "spark-progress.jsonl"
@@ -716,7 +740,9 @@ class LocalStack(Stack):
             INFERENCE: self._inference,
             API: self._api,
         }
-        return builders[component]()
+        proc = builders[component]()
+        # A container's restart policy is its supervisor: run the service itself in the foreground.
+        return proc.unsupervised() if isinstance(proc, SupervisedProcess) else proc
 
     # ------------------------------------------------------------------ Stack API
     def up(self, components: tuple[str, ...] = COMPONENTS) -> None:
@@ -801,6 +827,8 @@ class LocalStack(Stack):
         stop_all(self.pid_dir, order=DOWN_ORDER, timeout=30, exclude=(KAFKA,))
         self._stop_kafka(self._kafka_pid_names())
         stop_all(self.pid_dir, timeout=30)  # anything else left with a pid file
+        for state in self.pid_dir.glob(f"*{STATE_SUFFIX}"):  # of supervisors that gave up or were killed
+            state.unlink(missing_ok=True)
         shutil.rmtree(self.ray_temp_dir(), ignore_errors=True)
         if purge:
             for sub in ("kafka", "spark", "checkpoints", "api", "logs"):
@@ -834,14 +862,15 @@ class LocalStack(Stack):
             *instances(SPARK_WORKER),
             (RAY_HEAD, self._ray_head()),
             *instances(RAY_WORKER),
-            (STREAMING_JOB, self._pid_only(STREAMING_JOB)),
-            (INFERENCE, self._inference()),
-            (API, self._api()),
+            *[(service, self._pid_only(service)) for service in SERVICES],
         ]
 
     def _pid_only(self, name: str) -> ManagedProcess:
-        """A handle for status/stop that does not need the launch command to be buildable."""
-        return self._proc(name, [])
+        """A handle for status/stop/kill that does not need the launch command to be buildable.
+
+        Supervised or not as the running instance was started, whatever the configuration says now.
+        """
+        return recorded(name, pid_dir=self.pid_dir, log_dir=self.log_dir)
 
     def status(self) -> StackStatus:
         k = self.config.kafka
@@ -858,15 +887,20 @@ class LocalStack(Stack):
                     rss += member.memory_info().rss
                 except Exception:  # the process may exit while we look
                     continue
+            running, pid, detail = proc.is_running(), proc.pid, details.get(proc.name, "")
+            if isinstance(proc, SupervisedProcess):
+                # The service runs when its child does (not while the supervisor waits to restart it).
+                child = proc.child() if running else None
+                running, pid, detail = child is not None, child.pid if child else None, proc.detail()
             status.instances.append(
                 InstanceStatus(
                     component=component,
                     instance=proc.name,
-                    running=proc.is_running(),
-                    pid=proc.pid,
+                    running=running,
+                    pid=pid,
                     rss_bytes=rss,
                     processes=len(members),
-                    detail=details.get(proc.name, ""),
+                    detail=detail,
                 )
             )
         return status
@@ -874,8 +908,29 @@ class LocalStack(Stack):
     def processes(self) -> dict[str, list[int]]:
         pids: dict[str, list[int]] = {}
         for component, proc in self._all_procs():
-            pids.setdefault(component, []).extend(member.pid for member in proc.members())
+            # A supervisor is not part of the service it watches: its few MB stay out of the figures.
+            members = proc.service_members() if isinstance(proc, SupervisedProcess) else proc.members()
+            pids.setdefault(component, []).extend(member.pid for member in members)
         return pids
+
+    def supervised(self, component: str) -> bool:
+        check_component(component)
+        if component not in SERVICES:
+            return False
+        proc = self._pid_only(component)
+        if proc.record() is not None:  # as the running instance was started
+            return isinstance(proc, SupervisedProcess)
+        return self.config.supervisor.enabled
+
+    def started_at(self, component: str, which: int | None = None) -> float | None:
+        try:
+            proc = self._resolve(component, which)
+        except StackError:
+            return None
+        if isinstance(proc, SupervisedProcess):
+            return proc.child_started_at()
+        rec = proc.record()
+        return rec.create_time if rec and rec.process() else None
 
     def scale(self, component: str, count: int) -> None:
         if component == KAFKA:
@@ -925,8 +980,8 @@ class LocalStack(Stack):
             SPARK_MASTER: self._spark_master,
             RAY_HEAD: self._ray_head,
             STREAMING_JOB: lambda: self._pid_only(STREAMING_JOB),
-            INFERENCE: self._inference,
-            API: self._api,
+            INFERENCE: lambda: self._pid_only(INFERENCE),
+            API: lambda: self._pid_only(API),
         }[component]()
 
     def kill(self, component: str, which: int | None = None, graceful: bool = False) -> str:
@@ -936,9 +991,15 @@ class LocalStack(Stack):
         if graceful and component == KAFKA:
             self._stop_kafka([proc.name])
         elif graceful:
+            # An operator's stop. A supervised service stops with its supervisor (SIGTERM passed on)
+            # and stays down until restart/up, like `systemctl stop`.
             proc.stop(timeout=30)
         else:
-            proc.kill()
+            # A crash. A supervised service's own processes get SIGKILL; its supervisor starts it again.
+            try:
+                proc.kill()
+            except ProcessError as exc:
+                raise StackError(str(exc)) from None
         return proc.name
 
     def restart(self, component: str, which: int | None = None) -> None:

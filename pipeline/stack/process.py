@@ -62,16 +62,26 @@ def has_exited(proc: psutil.Process) -> bool:
     return proc.status() == psutil.STATUS_ZOMBIE and proc.num_threads() <= 1
 
 
-def session_members(sid: int) -> list[psutil.Process]:
-    """All live processes of one session (the session leader's pid is the session id)."""
+def _members(id_of: Callable[[int], int], ident: int) -> list[psutil.Process]:
+    """Live processes whose session or process-group id (as `id_of` reads it) is `ident`."""
     members = []
     for proc in psutil.process_iter(["pid"]):
         try:
-            if os.getsid(proc.pid) == sid and not has_exited(proc):
+            if id_of(proc.pid) == ident and not has_exited(proc):
                 members.append(proc)
         except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
             continue
     return members
+
+
+def session_members(sid: int) -> list[psutil.Process]:
+    """All live processes of one session (the session leader's pid is the session id)."""
+    return _members(os.getsid, sid)
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """All live processes of one process group (the group leader's pid is the group id)."""
+    return _members(os.getpgid, pgid)
 
 
 def signal_session(sid: int, sig: int) -> int:
@@ -86,13 +96,30 @@ def signal_session(sid: int, sig: int) -> int:
     return count
 
 
-def wait_session_gone(sid: int, timeout: float) -> bool:
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send a signal to a process group in one call; False when the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _wait_gone(members: Callable[[], list[psutil.Process]], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not session_members(sid):
+        if not members():
             return True
         time.sleep(0.1)
-    return not session_members(sid)
+    return not members()
+
+
+def wait_session_gone(sid: int, timeout: float) -> bool:
+    return _wait_gone(lambda: session_members(sid), timeout)
+
+
+def wait_group_gone(pgid: int, timeout: float) -> bool:
+    return _wait_gone(lambda: group_members(pgid), timeout)
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -203,9 +230,7 @@ class ManagedProcess:
             argv=self.argv,
             log=str(self.log_file),
         )
-        tmp = self.pid_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec.__dict__))
-        os.replace(tmp, self.pid_file)
+        write_json_atomic(self.pid_file, rec.__dict__)
         return True
 
     def check_alive(self) -> None:
@@ -242,6 +267,13 @@ class ManagedProcess:
     def members(self) -> list[psutil.Process]:
         rec = self.record()
         return session_members(rec.pid) if rec and rec.process() else []
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Replace `path` with `data` as JSON in one step: a reader never sees a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 def read_pid_record(path: Path) -> PidRecord | None:

@@ -21,6 +21,13 @@ All times are seconds since the step started (the collectors' time base):
 * throughput dip: the lowest served-prediction rate, averaged over two window
   lengths, between the fault and recovery, against the pre-fault average;
 * windows affected: windows served late because of the fault.
+
+A `kill` of a component the stack supervises (the pipeline's services on the local
+backend) is a crash the stack recovers from by itself: the injector starts nothing
+then (`down_s` does not apply; a restart on top would take the service down a second
+time) and records as the restart the moment the supervisor started it again, read
+from `Stack.started_at`. `stop` and `restart` are an operator's graceful stops: the
+supervisor does not undo them, and the injector restarts as for any component.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from weatherbench.workloads import Fault, Slo
 
 log = logging.getLogger(__name__)
 NORMAL_SPREAD = 0.2
+WATCH_S = 0.5  # how often to look whether a supervised component is back
 
 
 @dataclass
@@ -51,6 +59,7 @@ class FaultEvent:
     at_s: float = math.nan  # when the fault was injected
     restarted_at_s: float | None = None  # when the component was started again
     error: str = ""
+    supervised: bool = False  # killed under the stack's supervision: it comes back by itself
 
     @property
     def label(self) -> str:
@@ -95,8 +104,14 @@ class FaultInjector(Collector):
                 if what == "inject":
                     self._inject(event)
                     down = event.fault.down_s
-                    if down is not None:
+                    if event.supervised:
+                        timeline.append((event.at_s + WATCH_S, "watch", event))
+                    elif down is not None:
                         timeline.append((event.at_s + down, "restart", event))
+                    timeline.sort(key=lambda item: item[0])
+                elif what == "watch":
+                    if not self._came_back(event):
+                        timeline.append((at_s + WATCH_S, "watch", event))
                         timeline.sort(key=lambda item: item[0])
                 else:
                     self.stack.restart(event.fault.component, event.fault.which)
@@ -109,6 +124,15 @@ class FaultInjector(Collector):
         fault = event.fault
         event.at_s = self._now_s()
         event.target = self.stack.kill(fault.component, fault.which, graceful=fault.action != "kill")
+        event.supervised = fault.action == "kill" and self.stack.supervised(fault.component)
+
+    def _came_back(self, event: FaultEvent) -> bool:
+        """Whether a supervised component runs again since its kill; notes when it started."""
+        started = self.stack.started_at(event.fault.component, event.fault.which)
+        if started is None or self.seconds_since_start(started * 1000) <= event.at_s:
+            return False
+        event.restarted_at_s = self.seconds_since_start(started * 1000)
+        return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -121,6 +145,8 @@ class FaultInjector(Collector):
         for event in self.events:
             if event.target and event.restarted_at_s is None:
                 try:
+                    if event.supervised and self._came_back(event):
+                        continue  # back by itself after the step stopped watching
                     self.stack.restart(event.fault.component, event.fault.which)
                     event.restarted_at_s = self._now_s()
                 except Exception as exc:

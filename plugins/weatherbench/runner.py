@@ -99,7 +99,7 @@ def bench_config(base: StackConfig, shape: StackShape, state_dir: Path | None = 
         "kafka": {"brokers": shape.brokers},
     }
     base_dict = base.to_dict()
-    for section in ("kafka", "spark", "ray", "inference", "api", "model"):
+    for section in ("kafka", "spark", "ray", "inference", "api", "model", "supervisor"):
         merged = dict(base_dict[section])
         merged.update(overrides.get(section, {}))
         overrides[section] = merged
@@ -342,7 +342,9 @@ class Bench:
         """After a fault step: start whatever is not running, and prime again if anything was.
 
         Returns the components that had to be started, so the report can say a fault
-        outlived its step (a crashed streaming job, say) instead of hiding it.
+        outlived its step (a crashed streaming job, say) instead of hiding it. A supervised
+        service waiting out its restart back-off counts as down: `up` leaves its supervisor
+        to start it (nothing is started twice), and priming waits until it serves again.
         """
         status = self.stack.status()
         down = sorted({i.component for i in status.instances if not i.running})

@@ -74,6 +74,12 @@ class RecordingStack:
         if self.fail_restart:
             raise RuntimeError("port 9092 busy")
 
+    def supervised(self, component: str) -> bool:
+        return False
+
+    def started_at(self, component: str, which: int | None = None) -> float | None:
+        return None
+
 
 def test_injector_kills_at_the_instant_and_restarts_after_the_outage():
     stack = RecordingStack()
@@ -111,6 +117,64 @@ def test_injector_reports_a_failed_restart_instead_of_dying():
     injector.stop()
     [event] = injector.events
     assert "port 9092 busy" in event.error and event.restarted_at_s is None
+
+
+class SupervisingStack(RecordingStack):
+    """Supervises the streaming job: killed, it is back `back_after_s` later without a restart call."""
+
+    def __init__(self, back_after_s: float) -> None:
+        super().__init__()
+        self.back_after_s = back_after_s
+        self.back_at: float | None = None
+
+    def supervised(self, component: str) -> bool:
+        return component == "streaming-job"
+
+    def kill(self, component: str, which: int | None = None, graceful: bool = False) -> str:
+        if component == "streaming-job" and not graceful:
+            self.back_at = time.time() + self.back_after_s
+        return super().kill(component, which, graceful)
+
+    def started_at(self, component: str, which: int | None = None) -> float | None:
+        if component != "streaming-job" or self.back_at is None or time.time() < self.back_at:
+            return None
+        return self.back_at
+
+
+def test_a_supervised_kill_is_not_restarted_by_the_injector():
+    stack = SupervisingStack(back_after_s=0.3)
+    faults = [
+        Fault(0.1, "streaming-job", "kill", None, 0.1),  # down_s does not apply: the supervisor decides
+        Fault(0.1, "inference", "restart", None, 0.0),  # a graceful restart of an unsupervised one
+    ]
+    injector = FaultInjector(stack, faults)
+    injector.start()
+    time.sleep(1.2)
+    injector.stop()
+    assert [c[:2] for c in stack.calls] == [
+        ("kill", "streaming-job"),
+        ("kill", "inference"),
+        ("restart", "inference"),
+    ]
+    job, inference = injector.events
+    assert job.supervised and not inference.supervised
+    # The restart is the moment the supervisor started it again, seen within a watch period.
+    assert job.restarted_at_s - job.at_s == pytest.approx(0.3, abs=0.1)
+    assert job.error == ""
+    injector.restore()
+    assert ("restart", "streaming-job", None, False) not in stack.calls
+
+
+def test_a_supervised_kill_still_down_at_the_end_is_restarted_by_restore():
+    stack = SupervisingStack(back_after_s=60)  # a supervisor in a long back-off, or one that gave up
+    injector = FaultInjector(stack, [Fault(0.05, "streaming-job", "kill", None, None)])
+    injector.start()
+    time.sleep(0.4)
+    injector.stop()
+    [event] = injector.events
+    assert event.supervised and event.restarted_at_s is None
+    injector.restore()
+    assert stack.calls[-1][:2] == ("restart", "streaming-job") and event.restarted_at_s is not None
 
 
 def row(window_end_s: float, close_s: float) -> dict:

@@ -105,3 +105,14 @@ def test_three_broker_ports_take_part_in_the_collision_check():
 def test_unsupported_broker_counts_are_rejected_with_the_field_name(count):
     with pytest.raises(ConfigError, match=rf"kafka\.brokers: expected 1 or 3, got {count}"):
         load_config(environ={"WB_KAFKA_BROKERS": count})
+
+
+def test_supervisor_settings_are_layered_and_checked():
+    assert load_config(environ={}).supervisor.enabled is True
+    config = load_config(environ={"WB_SUPERVISOR_ENABLED": "false", "WB_SUPERVISOR_MAX_RESTARTS": "2"})
+    assert config.supervisor.enabled is False
+    assert config.supervisor.max_restarts == 2
+    with pytest.raises(ConfigError, match=r"supervisor\.backoff_initial_s must be > 0"):
+        load_config(environ={}, overrides={"supervisor": {"backoff_initial_s": 0}})
+    with pytest.raises(ConfigError, match=r"supervisor\.max_restarts must be >= 0"):
+        load_config(environ={}, overrides={"supervisor": {"max_restarts": -1}})
