@@ -154,7 +154,7 @@ class SparkConfig:
         The watermark trails the newest event time by the watermark delay, and a window closes
         once the watermark passes its end. While the newest event times trail the clock by less
         than LATE_SLACK_MS, a record older than window + watermark + slack therefore belongs to a
-        window that has already closed: Spark would drop it silently; the job dead-letters it.
+        window that has already closed: Spark would drop it and only count it; the job dead-letters it.
         """
         if self.late_limit.strip().lower() == LATE_LIMIT_AUTO:
             return duration_ms(self.window) + duration_ms(self.watermark) + LATE_SLACK_MS

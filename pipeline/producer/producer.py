@@ -24,7 +24,7 @@ from pipeline.schema import encode, now_ms, raw_key
 class DeliveryLedger:
     """What Kafka acknowledged (and refused) of the observations sent, filled from delivery callbacks.
 
-    Records sent without a trace (bad input, see send_raw) are not observations: they are left out
+    Records sent without a `trace` (bad input, see send_raw) are not observations: they are left out
     of every count here, bytes and partitions included.
     """
 

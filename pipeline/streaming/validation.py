@@ -9,7 +9,7 @@ reason for every crafted payload.
 Given a far-late limit, a row that passes every other rule but whose event time is
 older than its Kafka append time minus the limit is rejected as `late:event_time`
 (schema.validate_raw with `received_ms` = the append time). Its window closed long
-ago: without the rule Spark's watermark would drop it without a trace.
+ago: without the rule the watermark would drop it, leaving only a count in the progress.
 
 Only built-in column expressions are used: a Python UDF would ship every row
 to a Python worker, which costs more than the whole aggregation on 2 cores.
