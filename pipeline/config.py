@@ -34,6 +34,13 @@ KAFKA_PORT_STEP = 10
 # Cluster sizes the local backend can form: one combined node, or a three-voter KRaft
 # quorum (a majority survives one lost node, which is what fault tests inject).
 KAFKA_BROKER_COUNTS = (1, 3)
+# How far the newest event times of a healthy stream may trail the wall clock, on top of the
+# window and watermark, before a record counts as far-late (spark.late_limit: auto). Live
+# Open-Meteo observations carry the start of a 15-minute interval as their event time
+# (pipeline.producer.openmeteo) and are polled once a minute; a producer retries an unreachable
+# broker for up to a minute. Two intervals cover all of that with room to spare.
+LATE_SLACK_MS = 30 * 60_000
+LATE_LIMIT_AUTO = "auto"
 
 
 @dataclass
@@ -132,10 +139,26 @@ class SparkConfig:
     watermark: str = "1 minute"
     trigger: str = "10 seconds"
     max_offsets_per_trigger: int = 100000
+    # A valid record whose event time is older than its Kafka append time minus this goes to the
+    # dead-letter topic (reason "late") instead of the windows: "auto" or a duration.
+    late_limit: str = LATE_LIMIT_AUTO
 
     @property
     def master_url(self) -> str:
         return f"spark://127.0.0.1:{self.master_port}"
+
+    @property
+    def late_limit_ms(self) -> int:
+        """The far-late limit in ms; "auto" is window + watermark + LATE_SLACK_MS.
+
+        The watermark trails the newest event time by the watermark delay, and a window closes
+        once the watermark passes its end. While the newest event times trail the clock by less
+        than LATE_SLACK_MS, a record older than window + watermark + slack therefore belongs to a
+        window that has already closed: Spark would drop it and only count it; the job dead-letters it.
+        """
+        if self.late_limit.strip().lower() == LATE_LIMIT_AUTO:
+            return duration_ms(self.window) + duration_ms(self.watermark) + LATE_SLACK_MS
+        return duration_ms(self.late_limit)
 
 
 @dataclass
@@ -370,6 +393,7 @@ def validate_config(config: StackConfig) -> None:
         raise ConfigError("supervisor.backoff_initial_s must be > 0 and <= supervisor.backoff_max_s")
     if sup.max_restarts < 0 or sup.restart_window_s <= 0 or sup.stop_timeout_s <= 0:
         raise ConfigError("supervisor.max_restarts must be >= 0, restart_window_s and stop_timeout_s > 0")
+    _validate_late_limit(config.spark)
     ports = config.ports()
     seen: dict[int, str] = {}
     for owner, port in ports.items():
@@ -378,6 +402,21 @@ def validate_config(config: StackConfig) -> None:
         if port in seen:
             raise ConfigError(f"{owner} and {seen[port]} both use port {port}")
         seen[port] = owner
+
+
+def _validate_late_limit(spark: SparkConfig) -> None:
+    """A far-late limit must be readable and must not reject records an open window still takes."""
+    try:
+        limit = spark.late_limit_ms
+        open_for = duration_ms(spark.window) + duration_ms(spark.watermark)
+    except ConfigError as exc:
+        raise ConfigError(f"spark.late_limit / window / watermark: {exc}") from None
+    if limit < open_for:
+        raise ConfigError(
+            f"spark.late_limit: {spark.late_limit!r} is shorter than window + watermark "
+            f"({spark.window} + {spark.watermark}): records of windows still open would be "
+            f"dead-lettered as late; use at least that, or {LATE_LIMIT_AUTO!r}"
+        )
 
 
 _UNITS_MS = {

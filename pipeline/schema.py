@@ -42,6 +42,10 @@ REASON_OVERSIZE = "oversize"
 REASON_MISSING = "missing_field"
 REASON_MISTYPED = "mistyped_field"
 REASON_OUT_OF_RANGE = "out_of_range"
+# Checked only when the receive time is known (the Spark job: the Kafka append time): a valid
+# observation whose event time is older than that minus the far-late limit (config
+# spark.late_limit) could never land in an open window.
+REASON_LATE = "late"
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def validate_raw(payload: bytes | str) -> tuple[dict[str, Any] | None, Rejection | None]:
-    """Parse and check one raw observation; return (record, None) or (None, why)."""
+def is_far_late(event_time_ms: int, received_ms: int, late_limit_ms: int) -> bool:
+    """Older than its receive time minus the far-late limit (a record exactly at the limit is on time)."""
+    return event_time_ms < received_ms - late_limit_ms
+
+
+def validate_raw(
+    payload: bytes | str, *, received_ms: int | None = None, late_limit_ms: int | None = None
+) -> tuple[dict[str, Any] | None, Rejection | None]:
+    """Parse and check one raw observation; return (record, None) or (None, why).
+
+    With `received_ms` (when the pipeline received it: the Kafka append time) and
+    `late_limit_ms` both given, a record that passes every other rule is also rejected
+    as far-late when its event time is older than `received_ms - late_limit_ms`.
+    """
     size = len(payload.encode() if isinstance(payload, str) else payload)
     if size > MAX_MESSAGE_BYTES:
         return None, Rejection(REASON_OVERSIZE)
@@ -90,6 +106,10 @@ def validate_raw(payload: bytes | str) -> tuple[dict[str, Any] | None, Rejection
     for name, (low, high) in WEATHER_FIELDS.items():
         if not low <= float(record[name]) <= high:
             return None, Rejection(REASON_OUT_OF_RANGE, name)
+    if received_ms is None or late_limit_ms is None:
+        return record, None
+    if is_far_late(record["event_time"], received_ms, late_limit_ms):
+        return None, Rejection(REASON_LATE, "event_time")
     return record, None
 
 

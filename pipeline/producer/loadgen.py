@@ -6,6 +6,13 @@ data, as its event time). A sender that cannot keep up sends late rather than
 less, and the lateness is reported: latency measured from `intended_time`
 then includes the time the system made the generator wait, so a slow system
 cannot hide behind coordinated omission.
+
+A load may mix bad records into its stream (`LoadSpec.bad_input`): after each
+good message, the bad records then due (pipeline.producer.badrecords) are sent
+with send_raw, keyed like that good message so they spread over the same
+partitions. They take no slot of the schedule and no seq of a good station, so
+the good stream is exactly what it would be without them; each one's Kafka
+position, kind and expected dead-letter reason go to `LoadResult.bad_records`.
 """
 
 from __future__ import annotations
@@ -15,9 +22,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from confluent_kafka import KafkaError, Message
+
+from pipeline.producer.badrecords import (
+    BadInputLedger,
+    BadInputSpec,
+    BadRecord,
+    BadRecordGenerator,
+    SentBadRecord,
+)
 from pipeline.producer.observations import ObservationSource
 from pipeline.producer.producer import DeliveryLedger, WeatherProducer
-from pipeline.schema import now_ms
+from pipeline.schema import now_ms, raw_key
 
 # A message sent more than this after its intended time counts as "behind schedule".
 BEHIND_THRESHOLD_MS = 100
@@ -31,6 +47,7 @@ class LoadSpec:
     rate: float  # messages per second, all stations together
     duration_s: float
     station_prefix: str = "st"
+    bad_input: BadInputSpec | None = None  # bad records mixed into the stream, besides the good ones
 
     def __post_init__(self) -> None:
         if self.stations < 1:
@@ -52,6 +69,11 @@ def station_id(prefix: str, index: int) -> str:
     return f"{prefix}-{index:04d}"
 
 
+def bad_station_id(prefix: str) -> str:
+    """The station a load's bad records name: under the load's prefix, never one of its good stations."""
+    return f"{prefix}-bad"
+
+
 @dataclass
 class LoadResult:
     spec: LoadSpec
@@ -66,6 +88,7 @@ class LoadResult:
     stopped_early: bool = False
     unacked_after_flush: int = 0
     lateness_ms: list[int] = field(default_factory=list, repr=False)
+    bad_records: BadInputLedger = field(default_factory=BadInputLedger, repr=False)
 
     @property
     def offered_rate(self) -> float:
@@ -82,6 +105,33 @@ class LoadResult:
         return self.behind_count > 0
 
 
+class BadInputMixer:
+    """Sends the bad records due after each good one and logs where Kafka put each of them."""
+
+    def __init__(self, spec: BadInputSpec, station_prefix: str) -> None:
+        self.spec = spec
+        self.station_id = bad_station_id(station_prefix)
+        self.generator = BadRecordGenerator(spec.seed, spec.late_limit_ms)
+        self.ledger = BadInputLedger()
+
+    def send_due(self, producer: WeatherProducer, good_sent: int, key_station: str) -> None:
+        while (index := self.ledger.attempted) < self.spec.due_after(good_sent):
+            record = self.generator.make(self.spec.kind_of(index), index, self.station_id, now_ms())
+            producer.send_raw(record.payload, raw_key(key_station), on_result=self._recorder(record))
+            self.ledger.attempted += 1
+
+    def _recorder(self, record: BadRecord) -> Callable[[KafkaError | None, Message], None]:
+        # Delivery reports run inside the producer's poll/flush, on the sending thread.
+        def on_result(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                self.ledger.failed.append((record.kind, str(err)))
+                return
+            position = (msg.topic(), msg.partition(), msg.offset())
+            self.ledger.sent.append(SentBadRecord(record.kind, record.reason, *position))
+
+        return on_result
+
+
 def run_open_loop(
     producer: WeatherProducer,
     source: ObservationSource,
@@ -89,8 +139,9 @@ def run_open_loop(
     stop: threading.Event | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> LoadResult:
-    """Send spec.total_messages on schedule, then wait for every ack."""
+    """Send spec.total_messages on schedule (and the bad records mixed in), then wait for every ack."""
     stations = spec.station_ids()
+    bad_input = BadInputMixer(spec.bad_input, spec.station_prefix) if spec.bad_input else None
     total = spec.total_messages
     interval_ms = 1000.0 / spec.rate
     start_ms = now_ms()
@@ -115,6 +166,8 @@ def run_open_loop(
         station = stations[i % len(stations)]
         producer.send(station, intended, source.observe(station, intended), intended_time_ms=intended)
         sent += 1
+        if bad_input is not None:
+            bad_input.send_due(producer, sent, station)
         if on_progress and time.monotonic() - last_report >= 5:
             on_progress(sent, total)
             last_report = time.monotonic()
@@ -133,6 +186,7 @@ def run_open_loop(
         stopped_early=sent < total,
         unacked_after_flush=unacked,
         lateness_ms=lateness,
+        bad_records=bad_input.ledger if bad_input is not None else BadInputLedger(),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,11 @@ from pipeline.schema import encode, now_ms, raw_key
 
 @dataclass
 class DeliveryLedger:
-    """What Kafka acknowledged (and refused), filled from delivery callbacks."""
+    """What Kafka acknowledged (and refused) of the observations sent, filled from delivery callbacks.
+
+    Records sent without a `trace` (bad input, see send_raw) are not observations: they are left out
+    of every count here, bytes and partitions included.
+    """
 
     # The per-message fields are long: kept out of repr so failures stay readable.
     acked: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list), repr=False)
@@ -89,23 +94,30 @@ class WeatherProducer:
         return record
 
     def send_raw(
-        self, payload: bytes, key: bytes | None, trace: tuple[str, int, int, int] | None = None
+        self,
+        payload: bytes,
+        key: bytes | None,
+        trace: tuple[str, int, int, int] | None = None,
+        on_result: Callable[[KafkaError | None, Message], None] | None = None,
     ) -> None:
         """Publish bytes as they are (also used to inject bad records).
 
         `trace` is (station, seq, ingestion time, event time) of a valid observation; its ack enters
-        the ledger. Bad records are sent without one.
+        the ledger. Bad records are sent without one. `on_result` is called with the delivery
+        report (error or None, and the message with its partition and offset).
         """
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if on_result is not None:
+                on_result(err, msg)
             with self.ledger._lock:
                 if err is not None:
                     if trace:
                         self.ledger.failed.append((trace[0], trace[1], str(err)))
                     return
-                self.ledger.bytes_sent += len(payload)
-                self.ledger.per_partition[msg.partition()] += 1
                 if trace:
+                    self.ledger.bytes_sent += len(payload)
+                    self.ledger.per_partition[msg.partition()] += 1
                     self.ledger.acked[trace[0]].append(trace[1])
                     self.ledger.event_times[(trace[0], trace[1])] = trace[3]
                     latency = msg.latency()

@@ -10,7 +10,9 @@ each with its own checkpoint under --checkpoint-dir:
 
 - `deadletter`: rejected records -> config.kafka.deadletter_topic, JSON
   {reason, raw, raw_bytes, source_topic, partition, offset, kafka_time, detected_time},
-  key "topic|partition|offset";
+  key "topic|partition|offset". Besides the schema rules, a valid record whose event
+  time is older than its Kafka append time minus config.spark.late_limit_ms is
+  rejected as "late:event_time" (it could only have been dropped by the watermark);
 - `features`: valid records, event-time windows per station with a watermark,
   append mode (a window is written once, after the watermark passes its end),
   one JSON row of schema.FEATURE_FIELDS per (station, window) ->
@@ -190,7 +192,7 @@ def deadletter_records(bad: DataFrame) -> DataFrame:
 def start_queries(
     spark: SparkSession, config: StackConfig, input_topic: str, checkpoint_dir: Path
 ) -> list[StreamingQuery]:
-    good, bad = split_valid(kafka_source(spark, config, input_topic))
+    good, bad = split_valid(kafka_source(spark, config, input_topic), config.spark.late_limit_ms)
     trigger = config.spark.trigger
 
     def kafka_sink(frame: DataFrame, name: str, topic: str) -> StreamingQuery:
@@ -272,12 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     spark.streams.addListener(listener)
     log.info(
-        "reading %s at %s; window %s, watermark %s, trigger %s; checkpoints in %s",
+        "reading %s at %s; window %s, watermark %s, trigger %s, far-late after %d s; checkpoints in %s",
         input_topic,
         bootstrap,
         config.spark.window,
         config.spark.watermark,
         config.spark.trigger,
+        config.spark.late_limit_ms // 1000,
         checkpoint_dir,
     )
     code = 1

@@ -6,6 +6,11 @@ Python reference), so a field or range is defined once; the parity unit test
 (tests/unit/test_streaming_validation.py) checks that both forms give the same
 reason for every crafted payload.
 
+Given a far-late limit, a row that passes every other rule but whose event time is
+older than its Kafka append time minus the limit is rejected as `late:event_time`
+(schema.validate_raw with `received_ms` = the append time). Its window closed long
+ago: without the rule the watermark would drop it, leaving only a count in the progress.
+
 Only built-in column expressions are used: a Python UDF would ship every row
 to a Python worker, which costs more than the whole aggregation on 2 cores.
 
@@ -46,6 +51,7 @@ from pipeline.schema import (
     MAX_MESSAGE_BYTES,
     MAX_STATION_ID_LENGTH,
     OPTIONAL_STAMPS,
+    REASON_LATE,
     REASON_MALFORMED,
     REASON_MISSING,
     REASON_MISTYPED,
@@ -150,8 +156,11 @@ def _field(variant: Column, name: str) -> Column:
     return F.try_variant_get(variant, f"$.{name}", "variant")
 
 
-def with_validation(source: DataFrame) -> DataFrame:
+def with_validation(source: DataFrame, late_limit_ms: int | None = None) -> DataFrame:
     """Add `_reason` (NULL when valid, else str(schema.Rejection)) to the source rows.
+
+    `late_limit_ms` (None: no lateness rule) rejects valid rows whose event time is older
+    than the Kafka append time (`timestamp`) minus the limit, as schema.validate_raw does.
 
     Also adds the intermediate columns split_valid reads: `_v` (the parsed VARIANT),
     and per field `_f_<name>` (its variant), `_t_<name>` (its JSON type) and
@@ -239,11 +248,14 @@ def with_validation(source: DataFrame) -> DataFrame:
         reason = reason.when(fails(is_number(name)), _reason(REASON_MISTYPED, name))
     for name, (low, high) in WEATHER_FIELDS.items():
         reason = reason.when(fails(in_range(name, low, high)), _reason(REASON_OUT_OF_RANGE, name))
+    if late_limit_ms is not None:
+        oldest_on_time = F.unix_millis(F.col("timestamp")) - F.lit(late_limit_ms)
+        reason = reason.when(F.col("_x_event_time") < oldest_on_time, _reason(REASON_LATE, "event_time"))
     return staged.withColumn("_reason", reason)
 
 
-def split_valid(source: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """Split Kafka source rows into (good_df, bad_df).
+def split_valid(source: DataFrame, late_limit_ms: int | None = None) -> tuple[DataFrame, DataFrame]:
+    """Split Kafka source rows into (good_df, bad_df); `late_limit_ms` as in with_validation.
 
     `source` has the Kafka source columns: value (binary), topic, partition,
     offset, timestamp. good_df columns: GOOD_COLUMNS, typed (station_id string,
@@ -256,7 +268,7 @@ def split_valid(source: DataFrame) -> tuple[DataFrame, DataFrame]:
     session = source.sparkSession
     for key, value in REQUIRED_SQL_CONF.items():
         session.conf.set(key, value)
-    checked = with_validation(source)
+    checked = with_validation(source, late_limit_ms)
     kafka_time = F.unix_millis(F.col("timestamp"))
 
     # Values of a valid row have their SQL type (checked above); read the extracted columns.

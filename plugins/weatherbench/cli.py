@@ -13,6 +13,7 @@
     benchmark_system --test reference     # sustainable rate next to Kafka's and Spark's own ceilings
     benchmark_system --test fault-tolerance --component spark-worker   # faults under load (every one
     benchmark_system --test recovery --component spark                 #   without --component)
+    benchmark_system --test bad-input     # bad records mixed into load: dead-lettered with their reason?
     benchmark_system runs                 # stored runs, newest first
     benchmark_system show RUN_ID          # one stored run's summary
     benchmark_system report --run RUN_ID [--run RUN_ID ...] [--email ADDR]   # PDF + HTML report
@@ -61,6 +62,7 @@ GUIDE_TESTS = (
     "reference",
     "fault-tolerance",
     "recovery",
+    "bad-input",
 )
 # Stages shown by `--test latency --component X`.
 COMPONENT_STAGES = {
@@ -259,6 +261,7 @@ def print_summary(summary: dict[str, Any], args: argparse.Namespace, metrics: li
     headline = KAFKA_COLUMNS if kafka_only else PIPELINE_COLUMNS
     _print_table(steps, headline)
     _print_details(summary, args, metrics)
+    _print_bad_input(summary)
 
 
 PIPELINE_COLUMNS = [
@@ -371,6 +374,29 @@ def _print_details(summary: dict[str, Any], args: argparse.Namespace, metrics: l
             cpu = f"{get.get('resources.cpu.mean', 'n/a'):>6s} / {get.get('resources.cpu.max', 'n/a'):>6s}"
             rss = f"{get.get('resources.rss.mean', 'n/a'):>8s} / {get.get('resources.rss.max', 'n/a'):>8s}"
             print(f"   {name:14s} CPU {cpu} % of a core   RSS {rss} MB")
+
+
+def _print_bad_input(summary: dict[str, Any]) -> None:
+    """Per step with bad input: each kind sent, dead-lettered with its reason, with another, missing."""
+    for check in summary.get("bad_input", []):
+        print(
+            f"\n== bad input, {check['step']} (repetition {check['repetition']}): "
+            f"{check['sent']} bad records, {check['fraction'] * 100:g}% of the stream: "
+            + ("PASSED" if check["passed"] else "FAILED")
+        )
+        print(
+            f"   {'kind':14s}{'sent':>6s}{'dead-lettered':>15s}{'other reason':>14s}{'missing':>9s}  reason"
+        )
+        for kind in check["kinds"]:
+            print(
+                f"   {kind['kind']:14s}{kind['sent']:6d}{kind['dead_lettered']:15d}{kind['wrong_reason']:14d}"
+                f"{kind['missing']:9d}  {', '.join(kind['reasons'])}"
+            )
+        print(
+            f"   good records dead-lettered: {check['unexpected']}; good records lost: {check['good_lost']}; "
+            "dropped by the watermark (late, inside the far-late limit): "
+            + _fmt(check["dropped_by_watermark"])
+        )
 
 
 def _report(

@@ -11,7 +11,10 @@ Each test of the benchmark guide is a sequence of steps (`TestPlan`):
   balance score per step;
 * brokers: 1 broker vs 3 with replication factor 3, Kafka only;
 * sustainable: a rate search for the highest offered rate whose lag trend is
-  flat after the warm-up and whose latency SLOs hold.
+  flat after the warm-up and whose latency SLOs hold;
+* bad-input: bad records of every kind mixed into steady load, each matched
+  to its dead letter and reason; a run with a bad record not dead-lettered
+  with its reason, or a good record dead-lettered, has failed.
 
 Every step outcome goes to the results store (one row per metric per step
 per repetition, plus time series and HDR histograms) with the run manifest;
@@ -212,12 +215,16 @@ def run_test(
         faults = [fault for outcome in result.outcomes for fault in outcome.faults]
         if faults:
             result.summary["faults"] = faults
+        bad_input = [outcome.bad_input for outcome in result.outcomes if outcome.bad_input]
+        if bad_input:
+            result.summary["bad_input"] = bad_input
         if plan.test in ("sustainable", "reference"):
             result.summary["search"] = _search_summary(result.outcomes)
             _record_search_result(store, run_id, result.summary["search"], len(result.outcomes) + 1)
         if ceilings is not None:
             result.summary["reference"] = reference_summary(ceilings, result.outcomes)
         failed = [o for o in result.outcomes if o.accounting and o.accounting.get("lost_messages", 0) > 0]
+        failed += [o for o in result.outcomes if o.bad_input and not o.bad_input["passed"]]
         result.status = "failed" if failed else "passed"
         return result
     except BaseException as exc:

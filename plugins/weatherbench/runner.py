@@ -15,7 +15,9 @@ it:
 5. turns what it saw into metrics: stage latency histograms over windows
    after the warm-up, offered vs achieved throughput, producer metrics,
    lag trends, loss/duplicate accounting, Spark/Ray/resource metrics, a
-   sustainability verdict against the SLOs and the named bottleneck tier.
+   sustainability verdict against the SLOs and the named bottleneck tier;
+   with bad input mixed into the load, the dead letters the step produced
+   matched against the bad records it sent (weatherbench.badinput).
 
 Definitions are in the README's measurement section.
 """
@@ -43,14 +45,17 @@ from pipeline.kafka_topics import (
     ensure_topic,
     set_partitions,
 )
+from pipeline.producer.badrecords import BadInputSpec
 from pipeline.producer.loadgen import LoadResult, LoadSpec, close_windows, run_open_loop
 from pipeline.producer.observations import ObservationSource, make_source
 from pipeline.producer.producer import DeliveryLedger, WeatherProducer
 from pipeline.stack import get_stack
 from pipeline.stack.base import COMPONENTS, KAFKA, RAY_WORKER, SPARK_WORKER, STREAMING_JOB, Stack
 from weatherbench.audit import Gap, audit, gaps_by_stage
+from weatherbench.badinput import check_dead_letters
 from weatherbench.collectors.api_load import ApiLoadCollector, ApiLoadSpec
 from weatherbench.collectors.base import Collector
+from weatherbench.collectors.deadletter import DeadLetterCollector
 from weatherbench.collectors.kafka import KafkaFlowCollector, clock_sanity, topic_metrics
 from weatherbench.collectors.ray import RayCollector
 from weatherbench.collectors.resources import ResourceSampler
@@ -72,6 +77,9 @@ NATURAL_MESSAGE_BYTES = 240
 # generator (or the machine under it), not the pipeline, is then the limit, and the step says
 # so. A few late sends do not: latency counts from the intended time either way.
 SENDER_BEHIND_LIMIT = 0.05
+# After the served windows are drained, how long the dead letters of the step's bad records may
+# still take (the dead-letter query runs beside the features query, on the same trigger).
+DEADLETTER_WAIT_S = 60.0
 STAGE_NAMES = {  # accounting's stage labels -> metric names
     "T1 ingestion->kafka append": "t1_producer",
     "producer ack (send->ack)": "producer_ack",
@@ -138,6 +146,7 @@ class StepOutcome:
     api_users: int = 0  # Locust users querying the API during the step
     faults: list[dict[str, Any]] = field(default_factory=list)  # one record per injected fault
     gaps: list[Gap] = field(default_factory=list)  # where served windows fell short, by stage
+    bad_input: dict[str, Any] = field(default_factory=dict)  # dead letters vs bad records sent
 
     def value(self, name: str, component: str | None = None) -> float:
         for metric in self.metrics:
@@ -490,7 +499,11 @@ class Bench:
         prefix = f"{load.station_prefix}{self.tag}s{step.index}r{repetition}"
         outcome = StepOutcome(step=step, repetition=repetition, station_prefix=prefix, api_users=api_users)
         spec = LoadSpec(
-            stations=load.stations, rate=load.rate, duration_s=load.total_s, station_prefix=prefix
+            stations=load.stations,
+            rate=load.rate,
+            duration_s=load.total_s,
+            station_prefix=prefix,
+            bad_input=self.bad_input_spec(step),
         )
         source: Any = make_source(load.source)
         if load.message_bytes:
@@ -510,6 +523,9 @@ class Bench:
         injector = FaultInjector(self.stack, step.faults) if step.faults else None
         if injector is not None:
             collectors.append(injector)
+        deadletters = self.deadletter_collector() if pipeline and spec.bad_input else None
+        if deadletters is not None:
+            collectors.append(deadletters)
         producer = WeatherProducer(self.config.kafka.bootstrap_servers, self.config.kafka.benchmark_topic)
         self.progress(
             f"step {step.index} [{step.label}] repetition {repetition}: {load.stations} stations, "
@@ -546,6 +562,9 @@ class Bench:
                 expected = expected_windows(result.ledger, step.stack.window_ms, prefix + "-")
                 rows = self._drain(expected, prefix + "-", plan.drain_timeout_s)
                 accounting = account(expected, rows)
+                if deadletters is not None:
+                    sent = {record.position for record in result.bad_records.sent}
+                    deadletters.wait_for(sent, min(DEADLETTER_WAIT_S, plan.drain_timeout_s))
         finally:
             for collector in collectors:
                 collector.stop()
@@ -578,6 +597,8 @@ class Bench:
                     found.summary(step.index, accounting.lost_messages, accounting.duplicate_deliveries)
                     | {"gaps": gaps_by_stage(outcome.gaps)}
                 )
+        if deadletters is not None and accounting is not None:
+            outcome.bad_input = self.check_bad_input(outcome, result, deadletters, accounting.lost_messages)
         outcome.metrics += _producer_metrics(
             result, prefix, max(1e-3, load_seconds), per_partition, bytes_sent
         )
@@ -662,6 +683,43 @@ class Bench:
             )
         return gaps
 
+    def bad_input_spec(self, step: Step) -> BadInputSpec | None:
+        """The step's bad-input mix, its far-late records aged against the streaming job's limit."""
+        settings = step.load.bad_input
+        if settings is None:
+            return None
+        return BadInputSpec(settings.fraction, settings.kinds, self.config.spark.late_limit_ms)
+
+    def deadletter_collector(self) -> DeadLetterCollector:
+        kafka = self.config.kafka
+        return DeadLetterCollector(kafka.bootstrap_servers, kafka.deadletter_topic, kafka.benchmark_topic)
+
+    @staticmethod
+    def check_bad_input(
+        outcome: StepOutcome, result: LoadResult, deadletters: DeadLetterCollector, lost_good: int
+    ) -> dict[str, Any]:
+        """Match the step's dead letters to its bad records; metrics to the outcome, the summary back."""
+        step = outcome.step
+        settings = step.load.bad_input
+        assert settings is not None
+        check = check_dead_letters(
+            result.bad_records,
+            deadletters.letters,
+            deadletters.source_topic,
+            deadletters.source_start,
+            settings.kinds,
+        )
+        outcome.metrics += check.metrics()
+        return {
+            "step_index": step.index,
+            "step": step.label,
+            "repetition": outcome.repetition,
+            "fraction": settings.fraction,
+            **check.summary(),
+            "good_lost": lost_good,
+            "dropped_by_watermark": outcome.value("spark.rows_dropped_by_watermark"),
+        }
+
     def _drain(self, expected: dict, prefix: str, timeout_s: float) -> list[dict]:
         """Poll the API until every expected window is served in full, or the timeout passes."""
         deadline = time.monotonic() + timeout_s
@@ -701,6 +759,13 @@ class Bench:
             if outcome.bottleneck:
                 role = "nearest to saturation" if outcome.sustained else "bottleneck"
                 parts.append(f"{role}: {outcome.bottleneck} ({'; '.join(outcome.bottleneck_reasons)})")
+            if outcome.bad_input:
+                bad = outcome.bad_input
+                parts.append(
+                    f"bad input: {bad['expected_reason']}/{bad['sent']} dead-lettered with their reason, "
+                    f"{bad['missing']} missing, {bad['wrong_reason']} with another reason, "
+                    f"{bad['unexpected']} good records dead-lettered"
+                )
         else:
             parts.append(f"balance {outcome.value('kafka.balance_score'):.1f}%")
         return ", ".join(parts)

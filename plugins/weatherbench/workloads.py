@@ -3,7 +3,9 @@
 A workload file is one profile (quick, full, or a user's own): `defaults`
 (load, stack shape, SLOs, repetitions) and `tests`, each of which may
 override the defaults and list `steps`. A step is a flat mapping of load or
-stack fields (`{spark_workers: 2}`, `{stations: 50, rate: 50}`).
+stack fields (`{spark_workers: 2}`, `{stations: 50, rate: 50}`). The load may
+mix bad records into the stream: `bad_input: {fraction: 0.05, kinds: [...]}`
+(kinds of pipeline.producer.badrecords; all of them when omitted).
 `Workload.plan(test, overrides)` resolves one test into a `TestPlan` whose
 steps are fully specified. Every field is validated; an error names the file
 and the field path (`quick.yaml: tests.throughput.steps[1].rate: ...`).
@@ -13,6 +15,7 @@ This module only reads and checks declarations; experiments run them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -22,6 +25,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import REPO_ROOT, duration_ms
+from pipeline.producer.badrecords import BAD_KINDS, MAX_BAD_FRACTION
 
 WORKLOAD_DIR = REPO_ROOT / "include" / "workloads"
 TESTS = (
@@ -36,6 +40,7 @@ TESTS = (
     "resources",
     "fault-tolerance",
     "recovery",
+    "bad-input",
 )
 SOURCES = ("synthetic", "replay")
 FAULT_ACTIONS = ("kill", "stop", "restart")  # SIGKILL; graceful stop; graceful stop and start again
@@ -57,6 +62,18 @@ class WorkloadError(ValueError):
 
 
 @dataclass(frozen=True)
+class BadInputSettings:
+    """Bad records mixed into a step's load: their share of everything sent, and their kinds."""
+
+    fraction: float  # in (0, MAX_BAD_FRACTION]
+    kinds: tuple[str, ...]  # each of BAD_KINDS at most once; they take equal shares
+
+    @property
+    def label(self) -> str:
+        return f"{self.fraction * 100:g}% bad input"
+
+
+@dataclass(frozen=True)
 class LoadSettings:
     stations: int
     rate: float  # messages per second, all stations together
@@ -66,6 +83,7 @@ class LoadSettings:
     message_bytes: int  # 0 = natural size
     topic: str
     station_prefix: str
+    bad_input: BadInputSettings | None = None
 
     @property
     def total_s(self) -> float:
@@ -163,6 +181,7 @@ class TestPlan:
 
 
 STEP_FIELDS = {f.name for f in fields(LoadSettings)} | {f.name for f in fields(StackShape)}
+OPTIONAL_LOAD_FIELDS = {"bad_input"}
 _DURATION = re.compile(r"^\s*\d+(\.\d+)?\s*(ms|milliseconds?|s|seconds?|m|min|minutes?|h|hours?)\s*$")
 
 
@@ -205,7 +224,7 @@ def _known(where: str, section: Mapping[str, Any], allowed: set[str]) -> None:
 
 def _load(where: str, raw: Mapping[str, Any]) -> LoadSettings:
     _known(where, raw, {f.name for f in fields(LoadSettings)})
-    missing = sorted({f.name for f in fields(LoadSettings)} - set(raw))
+    missing = sorted({f.name for f in fields(LoadSettings)} - OPTIONAL_LOAD_FIELDS - set(raw))
     _check(where, not missing, f"missing field(s) {', '.join(missing)}")
     source = raw["source"]
     _check(f"{where}.source", source in SOURCES, f"must be one of {', '.join(SOURCES)}, got {source!r}")
@@ -227,7 +246,33 @@ def _load(where: str, raw: Mapping[str, Any]) -> LoadSettings:
         ),
         topic=raw["topic"],
         station_prefix=raw["station_prefix"],
+        bad_input=_bad_input(f"{where}.bad_input", raw.get("bad_input")),
     )
+
+
+def _bad_input(where: str, raw: Any) -> BadInputSettings | None:
+    """`{fraction, kinds}`; None (absent or null) is a load without bad records."""
+    if raw is None:
+        return None
+    _known(where, raw, {"fraction", "kinds"})
+    _check(where, "fraction" in raw, "missing field(s) fraction")
+    fraction = float(_number(f"{where}.fraction", raw["fraction"], minimum=-math.inf))
+    _check(
+        f"{where}.fraction",
+        0 < fraction <= MAX_BAD_FRACTION,
+        f"must be in (0, {MAX_BAD_FRACTION:g}] (the share of bad records in the stream), got {fraction:g}",
+    )
+    kinds = raw.get("kinds", list(BAD_KINDS))
+    _check(
+        f"{where}.kinds",
+        isinstance(kinds, list) and bool(kinds),
+        f"must be a non-empty list of: {', '.join(BAD_KINDS)}",
+    )
+    for i, kind in enumerate(kinds):
+        _check(f"{where}.kinds[{i}]", kind in BAD_KINDS, f"{kind!r} is not one of {', '.join(BAD_KINDS)}")
+    repeated = sorted({kind for kind in kinds if kinds.count(kind) > 1})
+    _check(f"{where}.kinds", not repeated, f"lists {', '.join(repeated)} more than once")
+    return BadInputSettings(fraction, tuple(kinds))
 
 
 def _stack(where: str, raw: Mapping[str, Any]) -> StackShape:
@@ -368,7 +413,9 @@ class Workload:
                 load_part, stack_part = _split_step(step_where, raw)
             load = _load(step_where, _merge(load_raw, load_part))
             faults = () if fault_raw is None else _faults(f"{step_where}.faults", fault_raw, load.total_s)
-            label = step_label(raw)
+            label = step_label({key: value for key, value in raw.items() if key != "bad_input"})
+            if load.bad_input is not None:
+                label = load.bad_input.label + ("" if label == "baseline" else f", {label}")
             if faults:
                 label = " + ".join(f.label for f in faults) + ("" if label == "baseline" else f", {label}")
             steps.append(

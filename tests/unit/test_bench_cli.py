@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from weatherbench.cli import UsageError, build_parser, main, plan_from_args
+from weatherbench.cli import UsageError, build_parser, main, plan_from_args, print_summary
 from weatherbench.workloads import WorkloadError
 
 
@@ -97,3 +97,31 @@ def test_benchmark_engine_never_imports_airflow() -> None:
                 names = [node.module]
             offenders += [f"{path.name}: {name}" for name in names if name.split(".")[0] == "airflow"]
     assert offenders == []
+
+
+def test_bad_input_test_and_its_table(capsys) -> None:
+    result = plan("--test", "bad-input", "--duration", "30")
+    assert result.test == "bad-input"
+    assert [(s.label, s.load.duration_s, s.load.bad_input.fraction) for s in result.steps] == [
+        ("5% bad input", 30.0, 0.05)
+    ]
+    kinds = [
+        {"kind": "late", "sent": 4, "dead_lettered": 3, "wrong_reason": 0, "missing": 1, "reasons": ["late"]},
+    ]
+    check = {
+        "step": "5% bad input",
+        "repetition": 0,
+        "fraction": 0.05,
+        "sent": 4,
+        "passed": False,
+        "kinds": kinds,
+        "unexpected": 0,
+        "good_lost": 0,
+        "dropped_by_watermark": 2.0,
+    }
+    summary = {"test": "bad-input", "profile": "quick", "steps": [], "bad_input": [check]}
+    print_summary(summary, build_parser().parse_args(["--test", "bad-input"]), [])
+    out = capsys.readouterr().out
+    assert "== bad input, 5% bad input (repetition 0): 4 bad records, 5% of the stream: FAILED" in out
+    assert "late               4              3             0        1  late" in out
+    assert "good records dead-lettered: 0; good records lost: 0; dropped by the watermark" in out

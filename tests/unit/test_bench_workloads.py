@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.producer.badrecords import BAD_KINDS
 from weatherbench.workloads import TESTS, WORKLOAD_DIR, WorkloadError, load_workload
 
 
@@ -95,3 +96,44 @@ def test_bad_override_and_unknown_test_are_named() -> None:
 def test_missing_profile_lists_the_available_ones() -> None:
     with pytest.raises(WorkloadError, match=r"no such file .*profiles: full, quick"):
         load_workload("medium")
+
+
+def test_bad_input_test_mixes_every_kind_into_a_short_step() -> None:
+    plan = load_workload("quick").plan("bad-input")
+    (step,) = plan.steps
+    assert step.load.bad_input is not None
+    assert step.load.bad_input.fraction == 0.05
+    assert step.load.bad_input.kinds == BAD_KINDS
+    assert (step.load.stations, step.load.rate, step.load.total_s) == (10, 20, 60)
+    assert step.label == "5% bad input"
+    # Other tests send good records only, and a step may set its own mix (all kinds by default).
+    assert load_workload("quick").plan("latency").steps[0].load.bad_input is None
+    stepped = load_workload("quick").plan("latency", {"steps": [{"bad_input": {"fraction": 0.5}}, {}]})
+    assert stepped.steps[0].load.bad_input.kinds == BAD_KINDS
+    assert [s.label for s in stepped.steps] == ["50% bad input", "baseline"]
+
+
+def _set_bad_input(**bad_input):
+    def mutate(raw):
+        raw["tests"]["bad-input"]["load"]["bad_input"] = bad_input
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("bad_input", "message"),
+    [
+        ({"fraction": 0, "kinds": ["late"]}, r"bad_input\.fraction: must be in \(0, 0\.5\]"),
+        ({"fraction": 0.7}, r"bad_input\.fraction: must be in \(0, 0\.5\] .*got 0\.7"),
+        ({"fraction": "5%"}, r"bad_input\.fraction: must be a number"),
+        ({"kinds": ["late"]}, r"bad_input: missing field\(s\) fraction"),
+        ({"fraction": 0.1, "kinds": ["late", "garbled"]}, r"bad_input\.kinds\[1\]: 'garbled' is not one of"),
+        ({"fraction": 0.1, "kinds": []}, r"bad_input\.kinds: must be a non-empty list"),
+        ({"fraction": 0.1, "kinds": "late"}, r"bad_input\.kinds: must be a non-empty list"),
+        ({"fraction": 0.1, "kinds": ["late", "late"]}, r"bad_input\.kinds: lists late more than once"),
+        ({"fraction": 0.1, "share": 2}, r"bad_input: unknown field\(s\) share"),
+    ],
+)
+def test_bad_input_fields_are_named(tmp_path: Path, bad_input: dict, message: str) -> None:
+    with pytest.raises(WorkloadError, match=rf"tests\.bad-input\.load\.{message}"):
+        load_workload(write_variant(tmp_path, _set_bad_input(**bad_input)))

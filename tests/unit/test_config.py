@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, duration_ms, load_config
+from pipeline.config import LATE_SLACK_MS, ConfigError, duration_ms, load_config
 
 
 def test_defaults_come_from_the_repo_file():
@@ -116,3 +116,23 @@ def test_supervisor_settings_are_layered_and_checked():
         load_config(environ={}, overrides={"supervisor": {"backoff_initial_s": 0}})
     with pytest.raises(ConfigError, match=r"supervisor\.max_restarts must be >= 0"):
         load_config(environ={}, overrides={"supervisor": {"max_restarts": -1}})
+
+
+def test_far_late_limit_defaults_to_window_plus_watermark_plus_slack():
+    spark = load_config(environ={}).spark
+    assert spark.late_limit == "auto"
+    assert spark.late_limit_ms == duration_ms(spark.window) + duration_ms(spark.watermark) + LATE_SLACK_MS
+    # Live Open-Meteo observations are stamped with the start of a 15-minute interval and polled
+    # every minute: the default never dead-letters one that arrives that old.
+    assert spark.late_limit_ms > 16 * 60_000
+    short = load_config(environ={}, overrides={"spark": {"window": "10 seconds", "watermark": "3 seconds"}})
+    assert short.spark.late_limit_ms == 13_000 + LATE_SLACK_MS
+
+
+def test_far_late_limit_can_be_set_and_is_checked():
+    config = load_config(environ={"WB_SPARK_LATE_LIMIT": "2 hours"})
+    assert config.spark.late_limit_ms == 7_200_000
+    with pytest.raises(ConfigError, match=r"spark\.late_limit: '3 minutes' is shorter than window"):
+        load_config(environ={}, overrides={"spark": {"late_limit": "3 minutes"}})
+    with pytest.raises(ConfigError, match=r"spark\.late_limit.*cannot read duration"):
+        load_config(environ={}, overrides={"spark": {"late_limit": "soon"}})

@@ -215,6 +215,50 @@ def test_fault_timeline_shows_the_fault_recovery_and_counts(store, tmp_path):
     assert recovery.measured.value == 14.5 and recovery.status is Status.PASS
 
 
+def test_bad_input_table_lists_each_kind_and_a_finding_names_the_misses(store, tmp_path):
+    exported = clone(load_export(LATENCY_RUN), "20261127T060000Z-bad-input", NOW)
+
+    def kind(name, sent, dead_lettered, reasons, missing=0):
+        return {
+            "kind": name,
+            "sent": sent,
+            "dead_lettered": dead_lettered,
+            "wrong_reason": 0,
+            "missing": missing,
+            "reasons": reasons,
+        }
+
+    exported["run"]["summary"]["bad_input"] = [
+        {
+            "step_index": 0,
+            "step": "5% bad input",
+            "repetition": 0,
+            "fraction": 0.05,
+            "sent": 21,
+            "missing": 1,
+            "wrong_reason": 0,
+            "unexpected": 0,
+            "duplicates": 2,
+            "passed": False,
+            "kinds": [
+                kind("malformed", 11, 11, ["malformed_json"]),
+                kind("late", 10, 9, ["late"], missing=1),
+            ],
+            "good_lost": 0,
+            "dropped_by_watermark": 3.0,
+        }
+    ]
+    run_id = store.import_run(exported)
+    result = build_report(store, [run_id], tmp_path / "out")
+    text = " ".join(pdf_text(result.pdf))
+    assert "Bad input: dead letters per kind" in text
+    assert "malformed 11 11 malformed_json 0 0" in text
+    assert "late 10 9 late 0 1" in text
+    assert "5% bad input, repetition 0: 5% of the records sent were bad." in text
+    assert "good records lost: 0; dead letters written twice: 2; rows dropped by the watermark" in text
+    assert "Bad input: 1 of 21 bad records were not dead-lettered with their reason" in text
+
+
 def test_bad_requests_fail_with_a_clear_message(store, tmp_path):
     with pytest.raises(ReportError, match="no runs given"):
         build_report(store, [], tmp_path)

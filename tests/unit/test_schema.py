@@ -66,3 +66,17 @@ def test_bad_records_name_their_reason(payload, reason):
 def test_range_bounds_are_inclusive():
     _, why = validate_raw(with_(humidity_pct=100, temperature_c=-90))
     assert why is None
+
+
+def test_far_late_is_checked_only_given_the_receive_time_and_the_limit():
+    event = GOOD["event_time"]
+    payload = encode(GOOD)
+    assert validate_raw(payload, received_ms=event + 10 * 3_600_000)[1] is None  # no limit: no rule
+    assert validate_raw(payload, received_ms=event + 60_000, late_limit_ms=60_000)[1] is None  # at the limit
+    record, why = validate_raw(payload, received_ms=event + 60_001, late_limit_ms=60_000)
+    assert record is None and str(why) == "late:event_time"
+    # Every other rule comes first: a bad field is reported as such, however old the record.
+    _, why = validate_raw(with_(temperature_c=99.0), received_ms=event + 10**9, late_limit_ms=60_000)
+    assert str(why) == "out_of_range:temperature_c"
+    # An event time ahead of the receive time is not late.
+    assert validate_raw(payload, received_ms=event - 60_000, late_limit_ms=0)[1] is None

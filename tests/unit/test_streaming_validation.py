@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from pipeline import schema
+from pipeline.producer.badrecords import BAD_KINDS, BadRecordGenerator
 from pipeline.streaming.validation import DEADLETTER_COLUMNS, GOOD_COLUMNS, MAX_RAW_CHARS, split_valid
 
 BASE: dict[str, Any] = {
@@ -308,3 +309,71 @@ def test_documented_divergences(split: Split) -> None:
     assert [schema.validate_raw(v)[1] for v in DIVERGENT] == [None, None, None]
     reasons = [split.bad[split.offset_of(v)]["reason"] for v in DIVERGENT]
     assert reasons == ["mistyped_field:seq", "malformed_json", "malformed_json"]
+
+
+# --- the far-late rule: Kafka append time per row, a late limit given to both forms.
+LATE_LIMIT_MS = 60_000
+HOUR_MS = 3_600_000
+
+
+def at_ms(epoch_ms: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=epoch_ms)
+
+
+def late_cases() -> list[tuple[bytes, int]]:
+    """(payload, Kafka append time) around the far-late boundary, and bad input of every generated kind."""
+    event = BASE["event_time"]
+    cases = [
+        (js(BASE), event),
+        (js(BASE), event + LATE_LIMIT_MS),  # exactly at the limit: on time
+        (js(BASE), event + LATE_LIMIT_MS + 1),
+        (js(BASE), event + 10 * HOUR_MS),
+        (js(BASE), event - HOUR_MS),  # from the future: not late
+        (js(variant(event_time=0)), event),
+        (js(variant(seq="x")), event + 10 * HOUR_MS),  # every other rule wins over lateness
+        (js(variant(temperature_c=99.0)), event + 10 * HOUR_MS),
+        (js(without("event_time")), event + 10 * HOUR_MS),
+        (js(variant(pad="x" * schema.MAX_MESSAGE_BYTES)), event + 10 * HOUR_MS),
+    ]
+    generator = BadRecordGenerator(seed=1, late_limit_ms=LATE_LIMIT_MS)
+    for kind in BAD_KINDS:
+        for index in range(8):
+            cases.append((generator.make(kind, index, "st-bad", event).payload, event + 1_000))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def late_split(spark: SparkSession) -> dict[int, str | None]:
+    """Offset -> Spark's reason (None when accepted) for late_cases(), with the late limit."""
+    rows = [
+        (None, value, "weather-raw", 0, i, at_ms(kafka_ms), 1)
+        for i, (value, kafka_ms) in enumerate(late_cases())
+    ]
+    good_df, bad_df = split_valid(spark.createDataFrame(rows, KAFKA_SCHEMA), late_limit_ms=LATE_LIMIT_MS)
+    reasons: dict[int, str | None] = {row["offset"]: None for row in good_df.select("offset").collect()}
+    reasons |= {row["offset"]: row["reason"] for row in bad_df.select("offset", "reason").collect()}
+    return reasons
+
+
+def test_late_rule_matches_validate_raw(late_split: dict[int, str | None]) -> None:
+    cases = late_cases()
+    assert set(late_split) == set(range(len(cases)))
+    mismatches = []
+    for offset, (value, kafka_ms) in enumerate(cases):
+        _record, rejection = schema.validate_raw(value, received_ms=kafka_ms, late_limit_ms=LATE_LIMIT_MS)
+        expected = None if rejection is None else str(rejection)
+        if expected != late_split[offset]:
+            mismatches.append((value[:100], kafka_ms, expected, late_split[offset]))
+    assert not mismatches, "\n".join(f"{v!r} at {k}: python={e} spark={a}" for v, k, e, a in mismatches)
+    assert [late_split[i] for i in range(4)] == [None, None, "late:event_time", "late:event_time"]
+
+
+def test_generated_bad_input_gets_its_declared_reason_from_spark(late_split: dict[int, str | None]) -> None:
+    generator = BadRecordGenerator(seed=1, late_limit_ms=LATE_LIMIT_MS)
+    first = len(late_cases()) - 8 * len(BAD_KINDS)
+    offset = first
+    for kind in BAD_KINDS:
+        for index in range(8):
+            declared = generator.make(kind, index, "st-bad", BASE["event_time"]).reason
+            assert late_split[offset] == declared, (kind, index)
+            offset += 1

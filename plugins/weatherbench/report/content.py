@@ -39,6 +39,7 @@ TEST_TITLES = {
     "scalability-load": "Load scaling",
     "fault-tolerance": "Fault tolerance",
     "recovery": "Recovery time",
+    "bad-input": "Bad input under load",
 }
 SCALING_AXES = {
     "scalability-spark": ("Spark workers", "rows/s (busy-time capacity)", "Spark"),
@@ -127,6 +128,9 @@ def findings(results: Sequence[TargetResult], contexts: Sequence[RunContext]) ->
         kinds.append(
             (100, f"Data loss: {lost:,.0f} of {expected:,.0f} acknowledged messages never reached the API.")
         )
+    bad_input = _bad_input_finding(contexts)
+    if bad_input:
+        kinds.append(bad_input)
 
     def listed(statuses: set[Status]) -> list[str]:
         return [
@@ -163,6 +167,26 @@ def findings(results: Sequence[TargetResult], contexts: Sequence[RunContext]) ->
     kinds.append((30, f"{passed} of the {measured} targets these runs measured pass."))
     kinds.sort(key=lambda kind: -kind[0])
     return [text for _, text in kinds[:3]]
+
+
+def _bad_input_finding(contexts: Sequence[RunContext]) -> tuple[int, str] | None:
+    """Whether the bad records of these runs were dead-lettered with their reasons, and only they."""
+    checks = [check for c in contexts for check in c.data.summary.get("bad_input") or []]
+    if not checks:
+        return None
+    sent = sum(check["sent"] for check in checks)
+    misjudged = sum(check["missing"] + check["wrong_reason"] for check in checks)
+    rejected = sum(check["unexpected"] for check in checks)
+    if misjudged or rejected:
+        return (
+            95,
+            f"Bad input: {misjudged:,} of {sent:,} bad records were not dead-lettered with their reason, "
+            f"and {rejected:,} good records were dead-lettered.",
+        )
+    return (
+        37,
+        f"Bad input: all {sent:,} bad records were dead-lettered with their reason, and no good record.",
+    )
 
 
 def _limit_sentence(run: RunData) -> str:
@@ -735,6 +759,50 @@ def fault_timeline(run: RunData, fault: dict[str, Any]) -> list[Any]:
     return blocks
 
 
+def bad_input_blocks(run: RunData) -> list[Any]:
+    """Per step with bad input, a table of each kind: sent, dead-lettered, reason, missing.
+
+    Reads the run summary's ``bad_input`` list; each entry is what
+    weatherbench.runner.Bench.check_bad_input returns: ``step``, ``repetition``,
+    ``fraction``, the counts of weatherbench.badinput.DeadLetterCheck (``sent``,
+    ``missing``, ``wrong_reason``, ``unexpected``, ``duplicates``), ``kinds`` (per kind
+    ``sent``, ``dead_lettered``, ``wrong_reason``, ``missing``, ``reasons``), ``good_lost``
+    and ``dropped_by_watermark``.
+    """
+    checks = run.summary.get("bad_input") or []
+    if not checks:
+        return []
+    blocks: list[Any] = [Heading("Bad input: dead letters per kind", 2)]
+    for check in checks:
+        rows = [
+            [
+                kind["kind"],
+                _num(kind["sent"]),
+                _num(kind["dead_lettered"]),
+                ", ".join(kind["reasons"]) or "n/a",
+                _num(kind["wrong_reason"]),
+                _num(kind["missing"]),
+            ]
+            for kind in check["kinds"]
+        ]
+        blocks.append(
+            Table(
+                ["Kind", "Sent", "Dead-lettered", "Reason", "Other reason", "Missing"],
+                rows,
+                caption=f"{check['step']}, repetition {check['repetition']}: {check['fraction'] * 100:g}% of "
+                "the records sent were bad. Dead-lettered: found in the dead-letter topic with the reason "
+                "the record was made for; other reason: found with a different one. Good records "
+                f"dead-lettered: {_num(check['unexpected'])}; good records lost: {_num(check['good_lost'])}; "
+                f"dead letters written twice: {_num(check['duplicates'])}; rows dropped by the watermark "
+                f"(late, but inside the far-late limit): {_num(check['dropped_by_watermark'])}.",
+                align="lrrlrr",
+                widths=[0.16, 0.1, 0.16, 0.32, 0.14, 0.12],
+                small=True,
+            )
+        )
+    return blocks
+
+
 def search_blocks(run: RunData) -> list[Any]:
     search = run.summary.get("search")
     if not search:
@@ -841,6 +909,7 @@ def run_section(context: RunContext) -> list[Any]:
     step = run.headline_step()
     blocks += search_blocks(run)
     blocks += fault_blocks(run)
+    blocks += bad_input_blocks(run)
     blocks += scaling_blocks(run)
     if step is not None:
         blocks += latency_blocks(run, step)
