@@ -102,6 +102,16 @@ def gaps_by_stage(gaps: Iterable[Gap]) -> dict[str, dict[str, int]]:
     return {stage: {kind: totals[(stage, kind)] for kind in KINDS} for stage in STAGES}
 
 
+def gap_text(gaps: dict[str, dict[str, int]] | None) -> str:
+    """'spark: 3 lost, 2 dropped_late' from a step's gaps by stage and kind; 'none' when there are none."""
+    parts = [
+        f"{stage}: " + ", ".join(f"{n:,} {kind.replace('_', ' ')}" for kind, n in kinds.items() if n)
+        for stage, kinds in (gaps or {}).items()
+        if any(kinds.values())
+    ]
+    return "; ".join(parts) or "none"
+
+
 def _window_key(raw_key: bytes | None) -> WindowKey | None:
     if not raw_key:
         return None

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import REPO_ROOT, ConfigError, load_config
+from weatherbench.audit import gap_text
 from weatherbench.report.regressions import DEFAULT_BASELINE_RUNS, DEFAULT_RELATIVE_THRESHOLD
 from weatherbench.workloads import Fault, TestPlan, WorkloadError, load_workload
 
@@ -262,6 +263,7 @@ def print_summary(summary: dict[str, Any], args: argparse.Namespace, metrics: li
     _print_table(steps, headline)
     _print_details(summary, args, metrics)
     _print_bad_input(summary)
+    _print_faults(summary)
 
 
 PIPELINE_COLUMNS = [
@@ -374,6 +376,36 @@ def _print_details(summary: dict[str, Any], args: argparse.Namespace, metrics: l
             cpu = f"{get.get('resources.cpu.mean', 'n/a'):>6s} / {get.get('resources.cpu.max', 'n/a'):>6s}"
             rss = f"{get.get('resources.rss.mean', 'n/a'):>8s} / {get.get('resources.rss.max', 'n/a'):>8s}"
             print(f"   {name:14s} CPU {cpu} % of a core   RSS {rss} MB")
+
+
+FAULT_COLUMNS = [
+    ("outputs_resume_s", "outputs"),
+    ("spark_first_batch_s", "spark 1st"),
+    ("ray_actors_back_s", "ray back"),
+    ("slo_recovery_s", "SLO"),
+    ("recovery_s", "E2E recovery"),
+    ("normal_latency_s", "latency normal"),
+]
+
+
+def _print_faults(summary: dict[str, Any]) -> None:
+    """Recovery seconds after each fault ("never": not within the step), loss and duplicates."""
+    faults = summary.get("faults") or []
+    if not faults:
+        return
+    print("\n== faults (seconds after the fault)")
+    print(f"{'fault':28s}" + "".join(f"{label:>15s}" for _, label in FAULT_COLUMNS) + "   lost  dup  where")
+    for fault in faults:
+        cells = []
+        for key, _ in FAULT_COLUMNS:
+            value = fault.get(key)
+            cells.append(f"{'never' if value is None else _fmt(value):>15s}")
+        where = gap_text(fault.get("gaps"))
+        label = f"{fault.get('kind', '')} {fault.get('target', '')}"
+        damage = f" {fault.get('lost', 0):6d} {fault.get('duplicated', 0):4d}  {where}"
+        print(f"{label:28s}" + "".join(cells) + damage)
+        if fault.get("error"):
+            print(f"   error: {fault['error']}")
 
 
 def _print_bad_input(summary: dict[str, Any]) -> None:

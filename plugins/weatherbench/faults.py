@@ -8,19 +8,30 @@ happened and when the component was started again.
 `recovery` turns one fault and what the step measured into recovery figures.
 All times are seconds since the step started (the collectors' time base):
 
-* outputs resume: from the fault to the first prediction the API served after it;
+* outputs resume: from the fault to the first prediction served by the API
+  that was also inferred after the fault (a prediction made before it and
+  served later shows only that the API kept going);
 * Spark recovery: from the fault (and from the restart, when there is one) to
   the first micro-batch that completed with input after it;
 * Ray recovery: from the fault until the inference pool has as many actors as
   before it (0 when it never lost one);
-* end-to-end recovery: from the fault until the last window served late
-  because of it. A window is late when its close latency (queryable minus
-  window end) exceeds the pre-fault maximum by more than one trigger interval
-  and more than 20%;
-  the SLO recovery uses the end-to-end SLO and the lag SLO instead;
+* end-to-end recovery (the guide's "pipeline operational: all components
+  recovered and processing"): from the fault until Spark processes input
+  again, outputs flow again, and the end-to-end latency and the Spark lag are
+  back within their SLOs: the latest of "Spark first batch", "outputs resume"
+  and "SLO recovery" (the last window over the end-to-end SLO, or the last lag
+  sample over the lag SLO, after the fault). None when that did not happen
+  within the step;
+* back to normal latency: stricter, from the fault until the last window
+  served late because of it. A window is late when its close latency
+  (queryable minus window end) exceeds the pre-fault maximum by more than one
+  trigger interval and more than 20%. On a machine whose CPU the pipeline
+  already saturates, any process start (a restarted JVM, a Ray node) pushes
+  close latency over that band for a while, so this figure is reported but
+  not judged against the recovery target;
 * throughput dip: the lowest served-prediction rate, averaged over two window
   lengths, between the fault and recovery, against the pre-fault average;
-* windows affected: windows served late because of the fault.
+* windows affected: windows served late (in the sense above) because of the fault.
 
 A `kill` of a component the stack supervises (the pipeline's services on the local
 backend) is a crash the stack recovers from by itself: the injector starts nothing
@@ -165,8 +176,9 @@ class Recovery:
     spark_first_batch_s: float
     spark_first_batch_after_restart_s: float
     ray_actors_back_s: float
-    recovery_s: float | None  # end to end, back to the pre-fault band; None = not within the step
+    recovery_s: float | None  # end to end: outputs flow and SLOs hold; None = not within the step
     slo_recovery_s: float | None
+    normal_latency_s: float | None  # close latency back in the pre-fault band; None = not in the step
     throughput_dip_percent: float
     windows_affected: int
     error: str = ""
@@ -188,6 +200,7 @@ class Recovery:
             "restarted_at_s": number(self.restarted_at_s),
             "recovery_s": number(self.recovery_s),
             "slo_recovery_s": number(self.slo_recovery_s),
+            "normal_latency_s": number(self.normal_latency_s),
             "outputs_resume_s": number(self.outputs_resume_s),
             "spark_first_batch_s": number(self.spark_first_batch_s),
             "spark_first_batch_after_restart_s": number(self.spark_first_batch_after_restart_s),
@@ -205,6 +218,7 @@ class Recovery:
         values = {
             "fault.recovery_s": self.recovery_s,
             "fault.slo_recovery_s": self.slo_recovery_s,
+            "fault.normal_latency_s": self.normal_latency_s,
             "fault.outputs_resume_s": self.outputs_resume_s,
             "fault.spark_first_batch_s": self.spark_first_batch_s,
             "fault.spark_first_batch_after_restart_s": self.spark_first_batch_after_restart_s,
@@ -311,11 +325,18 @@ def recovery(
             ray_actors_back_s=nan,
             recovery_s=None,
             slo_recovery_s=None,
+            normal_latency_s=None,
             throughput_dip_percent=nan,
             windows_affected=0,
             error=event.error or "the fault was not injected",
         )
-    outputs_resume = served_s(after[0]) - fault_s if after else nan
+
+    def inferred_s(row: dict[str, Any]) -> float:
+        stamp = row.get("ray_start")
+        return math.inf if stamp is None else (float(stamp) - start_ms) / 1000
+
+    fresh = [r for r in after if inferred_s(r) >= fault_s]
+    outputs_resume = served_s(fresh[0]) - fault_s if fresh else nan
 
     # End to end: the last window served late because of the fault.
     # Normal is what the windows before the fault saw, with room for this machine's jitter:
@@ -348,6 +369,15 @@ def recovery(
     if event.restarted_at_s is not None:
         later = [t for t in with_input if t > event.restarted_at_s]
         spark_after_restart = later[0] - event.restarted_at_s if later else nan
+
+    # Operational again: Spark processes input, outputs flow, the SLOs hold (all needed).
+    end_to_end: float | None = None
+    spark_known = bool(_points(series, "spark.processed_rows_per_s"))  # a Kafka-only step has none
+    if slo_recovered is not None and not math.isnan(outputs_resume):
+        if not spark_known:
+            end_to_end = max(outputs_resume, slo_recovered)
+        elif not math.isnan(spark_first):
+            end_to_end = max(outputs_resume, spark_first, slo_recovered)
 
     # Ray: back to the pre-fault number of actors.
     actors = _points(series, "ray.actors")
@@ -384,8 +414,9 @@ def recovery(
         spark_first_batch_s=spark_first,
         spark_first_batch_after_restart_s=spark_after_restart,
         ray_actors_back_s=ray_back,
-        recovery_s=recovered,
+        recovery_s=end_to_end,
         slo_recovery_s=slo_recovered,
+        normal_latency_s=recovered,
         throughput_dip_percent=dip,
         windows_affected=len(late),
         error=event.error,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from weatherbench.audit import Gap, StageFlow, gaps_by_stage, locate_gaps
-from weatherbench.report.content import gap_text
+from weatherbench.audit import Gap, StageFlow, gap_text, gaps_by_stage, locate_gaps
 
 WINDOW = 10_000
 W0, W1 = 1_767_225_600_000, 1_767_225_610_000

@@ -215,15 +215,17 @@ def fault_at(at_s: float, restarted: float | None = None) -> FaultEvent:
     return FaultEvent(Fault(at_s, "spark-worker", "kill", 1, None), "spark-worker-1", at_s, restarted)
 
 
-def test_recovery_of_a_stall_counts_from_the_fault_to_the_last_late_window():
+def test_recovery_of_a_stall_lasts_until_spark_processes_again_and_latency_until_the_last_late_window():
     found = recovery(
         fault_at(30, restarted=45), stalled_rows(), stalled_series(), START_MS, 5, WINDOW_MS, TRIGGER_MS, SLO
     )
     assert found.outputs_resume_s == pytest.approx(5)  # the window ending at 20 s, served at 35 s
     # Ends 30 and 40 s: close latency 32 and 22 s > 15 + 2 s; the one ending at 50 s waited only 12 s.
     assert found.windows_affected == 2
-    assert found.recovery_s == pytest.approx(62 - 30)  # the last late window was served at 62 s
+    assert found.normal_latency_s == pytest.approx(62 - 30)  # the last late window was served at 62 s
     assert found.slo_recovery_s == 0.0  # nothing breached the 60-s end-to-end SLO or the lag SLO
+    # Operational again when Spark processed input again (62 s): the latest of the three.
+    assert found.recovery_s == pytest.approx(62 - 30)
     assert found.spark_first_batch_s == pytest.approx(62 - 30)
     assert found.spark_first_batch_after_restart_s == pytest.approx(62 - 45)
     assert found.ray_actors_back_s == pytest.approx(45 - 30)
@@ -239,7 +241,8 @@ def test_a_fault_without_effect_recovers_in_zero_seconds():
     rows = [row(end, 15) for end in range(10, 90, 10)]
     steady = [series("throughput.predictions", [(t, 20.0 if t % 10 == 0 else 0.0) for t in range(0, 90)])]
     found = recovery(fault_at(30), rows, steady, START_MS, 5, WINDOW_MS, TRIGGER_MS, SLO)
-    assert found.recovery_s == 0.0 and found.windows_affected == 0
+    assert found.normal_latency_s == 0.0 and found.windows_affected == 0
+    assert found.recovery_s == found.outputs_resume_s == pytest.approx(5)  # the next window served
     assert found.throughput_dip_percent == pytest.approx(0, abs=1e-9)
     assert math.isnan(found.ray_actors_back_s)  # no actor series: unknown, not zero
 
@@ -247,9 +250,40 @@ def test_a_fault_without_effect_recovers_in_zero_seconds():
 def test_still_late_at_the_end_of_the_step_is_no_recovery():
     rows = [row(end, 15) for end in (10, 20)] + [row(end, 40) for end in (30, 40, 50)]
     found = recovery(fault_at(30), rows, [], START_MS, 5, WINDOW_MS, TRIGGER_MS, SLO)
-    assert found.recovery_s is None
-    assert {m.name: m.value for m in found.metrics()}["fault.recovery_s"] == math.inf
-    assert found.summary(0, 0, 0)["recovery_s"] is None
+    assert found.normal_latency_s is None
+    assert found.recovery_s == pytest.approx(5)  # late, but inside the 60-s end-to-end SLO
+    assert {m.name: m.value for m in found.metrics()}["fault.normal_latency_s"] == math.inf
+    assert found.summary(0, 0, 0)["normal_latency_s"] is None
+
+
+def test_over_the_slo_at_the_end_of_the_step_is_no_end_to_end_recovery():
+    rows = [row(end, 15) for end in (10, 20)] + [row(end, 70) for end in (30, 40, 50)]
+    lag = [series("lag.spark", [(t, 100.0) for t in range(0, 130)])]
+    found = recovery(fault_at(30), rows, lag, START_MS, 5, WINDOW_MS, TRIGGER_MS, SLO)
+    assert found.slo_recovery_s == pytest.approx(120 - 30)  # the last window over the SLO, served at 120 s
+    assert found.recovery_s == pytest.approx(120 - 30)
+    still = recovery(
+        fault_at(30),
+        rows,
+        [series("lag.spark", [(t, 100.0) for t in range(0, 100)])],
+        START_MS,
+        5,
+        WINDOW_MS,
+        TRIGGER_MS,
+        SLO,
+    )
+    assert still.slo_recovery_s is None and still.recovery_s is None  # over the SLO at the last sample
+    assert {m.name: m.value for m in still.metrics()}["fault.recovery_s"] == math.inf
+    assert still.summary(0, 0, 0)["recovery_s"] is None
+
+
+def test_outputs_resume_with_the_first_prediction_inferred_after_the_fault():
+    rows = [row(end, 15) for end in (10, 20, 30, 40)]
+    for r in rows:
+        r["ray_start"] = r["api_time"] - 200
+    rows[1]["ray_start"] = START_MS + 29_000  # served at 35 s, but inferred before the fault at 30 s
+    found = recovery(fault_at(30), rows, [], START_MS, 5, WINDOW_MS, TRIGGER_MS, SLO)
+    assert found.outputs_resume_s == pytest.approx(45 - 30)
 
 
 def test_a_fault_that_was_never_injected_says_so():
