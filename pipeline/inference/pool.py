@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from pipeline.inference.actors import DEFAULT_ACTOR_CPUS, RemoteInferenceActor, 
 log = logging.getLogger("pipeline.inference.pool")
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"
+NODE_LOSS_LOG = 20  # node losses kept in the pool snapshot
 RELOAD_BACKOFF_S = 30.0
 
 
@@ -181,6 +183,8 @@ class ActorPool:
         self.creation_failures = 0
         self.restarts = 0
         self.node_losses = 0  # actors whose node died under them
+        # The latest node losses: when each was noticed and when its actor served again (epoch ms).
+        self.node_loss_log: deque[dict[str, Any]] = deque(maxlen=NODE_LOSS_LOG)
         self.rebalances = 0
         self.startup_ms: list[float] = []  # per actor, appended when it becomes ready
         self.rollouts_done: list[tuple[int, float]] = []  # (version, ms until all actors served it)
@@ -217,6 +221,7 @@ class ActorPool:
             "actor_creation_failures": self.creation_failures,
             "actor_restarts": self.restarts,
             "actor_node_losses": self.node_losses,
+            "node_loss_log": [dict(entry) for entry in self.node_loss_log],
             "actor_rebalances": self.rebalances,
             "actor_stats": [
                 {
@@ -260,6 +265,13 @@ class ActorPool:
             log.debug("kill of actor seq=%d failed: %s", member.seq, exc)
         member.dead = True
         self.removed += 1
+        if member.restarting:
+            self._note_back(member)  # the pool no longer waits for it
+
+    def _note_back(self, member: _Member) -> None:
+        for entry in self.node_loss_log:
+            if entry["actor"] == member.seq and entry["back_ms"] is None:
+                entry["back_ms"] = _now_ms()
 
     def _record_stats(self, member: _Member, stats: dict[str, Any]) -> None:
         old_pid = member.stats.get("pid")
@@ -304,6 +316,7 @@ class ActorPool:
                 member.ready = True
                 member.ready_ref = None
                 member.restarting = False
+                self._note_back(member)
                 self._record_stats(member, result)
                 log.info("actor seq=%d serves again on node %s", member.seq, str(result.get("node_id"))[:12])
             elif kind == "ready":
@@ -437,6 +450,9 @@ class ActorPool:
                 m.restarting = True
                 m.ready_ref = None
                 m.stats_ref = None
+                self.node_loss_log.append(
+                    {"actor": m.seq, "node": m.node_id[:12], "lost_ms": _now_ms(), "back_ms": None}
+                )
                 m.created_at = self._clock()  # the not-ready watchdog counts from the loss
                 m.pending_warned = False
                 self.node_losses += 1
@@ -787,6 +803,10 @@ class _Batch:
 
     def predictions(self) -> list[dict[str, Any]]:
         return [slot for slot in self._slots if slot is not None]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _short(exc: BaseException) -> str:

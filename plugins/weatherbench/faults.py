@@ -292,6 +292,7 @@ def recovery(
     trigger_ms: int,
     slo: Slo,
     batches: Sequence[dict[str, Any]] = (),
+    node_losses: Sequence[dict[str, Any]] = (),
 ) -> Recovery:
     """Recovery figures of one fault from the step's served rows and series (see the module doc)."""
     fault_s = event.at_s
@@ -379,7 +380,10 @@ def recovery(
         elif not math.isnan(spark_first):
             end_to_end = max(outputs_resume, spark_first, slo_recovered)
 
-    # Ray: back to the pre-fault number of actors.
+    # Ray: back to the pre-fault number of actors. The pool's own record of a node loss is exact;
+    # the actor count, sampled every few seconds, can miss a loss shorter than its period.
+    fault_ms = start_ms + fault_s * 1000
+    losses = [entry for entry in node_losses if (entry.get("lost_ms") or 0) >= fault_ms]
     actors = _points(series, "ray.actors")
     pre = [v for t, v in actors if t < fault_s]
     ray_back = nan
@@ -392,6 +396,9 @@ def recovery(
         else:
             back = [t for t, v in post if t > dropped[0] and v >= target]
             ray_back = back[0] - fault_s if back else math.inf
+    if losses:
+        backs = [entry.get("back_ms") for entry in losses]
+        ray_back = math.inf if None in backs else (max(backs) - fault_ms) / 1000
 
     # Throughput dip of served predictions. They arrive in a burst per window, so the rate is
     # averaged over two window lengths: every average then holds bursts when nothing is wrong.

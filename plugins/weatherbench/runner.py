@@ -591,6 +591,7 @@ class Bench:
                     step.stack.trigger_ms,
                     plan.slo,
                     next((c.batches for c in collectors if isinstance(c, SparkCollector)), []),
+                    next((c.node_losses for c in collectors if isinstance(c, RayCollector)), []),
                 )
                 outcome.metrics += found.metrics()
                 outcome.faults.append(

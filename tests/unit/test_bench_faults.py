@@ -326,3 +326,24 @@ def test_a_restart_that_lost_its_checkpoint_is_not_resumed(after):
 def test_no_restart_no_checkpoint_verdict():
     batches = [batch(1000, "r1", 7, 500), batch(9000, "r1", 8, 900)]
     assert checkpoint_resumption(batches, fault_ms=5000) is None
+
+
+def test_ray_actors_back_comes_from_the_pools_record_of_the_node_loss():
+    steady = [row(end, 15) for end in range(10, 90, 10)]
+    # The sampled actor count never saw the loss; the pool noticed it 6 s after the fault.
+    actors = [series("ray.actors", [(t, 2.0) for t in range(0, 90, 5)])]
+
+    def at(seconds: float) -> float:
+        return START_MS + seconds * 1000
+
+    back = [
+        {"actor": 1, "lost_ms": at(36), "back_ms": at(39.5)},
+        {"actor": 0, "lost_ms": at(5), "back_ms": at(7)},
+    ]
+    found = recovery(fault_at(30), steady, actors, START_MS, 5, WINDOW_MS, TRIGGER_MS, SLO, node_losses=back)
+    assert found.ray_actors_back_s == pytest.approx(9.5)  # the loss before the fault is not this fault's
+    pending = [{"actor": 1, "lost_ms": at(36), "back_ms": None}]
+    found = recovery(
+        fault_at(30), steady, actors, START_MS, 5, WINDOW_MS, TRIGGER_MS, SLO, node_losses=pending
+    )
+    assert found.ray_actors_back_s == math.inf

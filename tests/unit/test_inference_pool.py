@@ -390,6 +390,9 @@ def test_spare_capacity_keeps_a_lost_nodes_actor_until_ray_restarts_it(fake: Fak
     assert len(pool.ready_members()) == 2
     assert pool.restarts == 1
     assert pool.startup_ms and len(pool.startup_ms) == 2  # a restart is not a new actor's start-up
+    (loss,) = pool.snapshot()["node_loss_log"]
+    assert loss["actor"] == 0 and loss["node"] == N1[:12]
+    assert loss["back_ms"] is not None and loss["back_ms"] >= loss["lost_ms"]
     # The node comes back: one actor moves over to it, the new one ready before the old one goes.
     fake.dead_nodes.discard(N1)
     for _ in range(3):

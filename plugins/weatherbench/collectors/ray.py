@@ -84,6 +84,15 @@ class RayCollector(Collector):
         if self.dashboard_url:
             self.object_store_bytes = object_store_used(self.dashboard_url)
 
+    @property
+    def node_losses(self) -> list[dict[str, Any]]:
+        """The actor pool's node losses seen during the step: actor, lost_ms, back_ms (None: not yet)."""
+        latest: dict[tuple[Any, Any], dict[str, Any]] = {}
+        for line in self.lines:  # later lines carry the same loss with its back_ms filled in
+            for entry in (line.get("pool") or {}).get("node_loss_log") or []:
+                latest[(entry.get("actor"), entry.get("lost_ms"))] = entry
+        return sorted(latest.values(), key=lambda entry: entry.get("lost_ms") or 0)
+
     def series(self) -> list[Series]:
         rate = Series("ray.predictions_per_s", "pred/s")
         actors = Series("ray.actors", "actors")
