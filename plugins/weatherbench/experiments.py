@@ -243,6 +243,7 @@ def _run_steps(plan: TestPlan, bench: Bench, store: ResultsStore, run_id: str) -
     """Every step (and its API-load twin), shaped, each repetition recorded as it completes."""
     outcomes = []
     for step, users in with_api_load(plan):
+        bench.ensure_brokers(step, plan.drain_timeout_s)
         bench.shape_stack(step.stack)
         outcomes += _repetitions(plan, bench, store, run_id, step, api_users=users)
     return outcomes

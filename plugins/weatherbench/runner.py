@@ -371,6 +371,14 @@ class Bench:
         self.stack = get_stack(self.config)
         self.up((KAFKA,))
 
+    def ensure_brokers(self, step: Step, timeout_s: float) -> None:
+        """A pipeline step on another broker count: a fresh Kafka cluster, the pipeline on it, primed."""
+        if step.stack.brokers == self.shape.brokers:
+            return
+        self.reconfigure_brokers(step.stack.brokers)
+        self.up()
+        self.prime(step, timeout_s)
+
     def prime(self, step: Step, timeout_s: float) -> None:
         """Load a freshly started pipeline until it serves, so its start-up is not in any step.
 
