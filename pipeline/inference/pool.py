@@ -312,24 +312,23 @@ class ActorPool:
             except RayError as exc:
                 self._on_call_error(member, kind, exc)
                 continue
-            if kind == "ready" and member.restarting:
+            if kind == "ready":
                 member.ready = True
                 member.ready_ref = None
-                member.restarting = False
-                self._note_back(member)
                 self._record_stats(member, result)
-                log.info("actor seq=%d serves again on node %s", member.seq, str(result.get("node_id"))[:12])
-            elif kind == "ready":
-                member.ready = True
-                member.ready_ref = None
+                node = str(result.get("node_id"))[:12]
+                if member.restarting:  # back after a node loss: not a new actor's start-up
+                    member.restarting = False
+                    self._note_back(member)
+                    log.info("actor seq=%d serves again on node %s", member.seq, node)
+                    continue
                 member.startup_ms = (time.perf_counter() - member.created_perf) * 1000.0
                 self.startup_ms.append(member.startup_ms)
-                self._record_stats(member, result)
                 log.info(
                     "actor seq=%d ready in %.0f ms on node %s (model v%s loaded in %.2f ms)",
                     member.seq,
                     member.startup_ms,
-                    str(result.get("node_id"))[:12],
+                    node,
                     result.get("model_version"),
                     result.get("model_load_ms", 0.0),
                 )

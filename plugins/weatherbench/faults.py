@@ -427,5 +427,5 @@ def recovery(
         throughput_dip_percent=dip,
         windows_affected=len(late),
         error=event.error,
-        checkpoint=checkpoint_resumption(batches, start_ms + fault_s * 1000),
+        checkpoint=checkpoint_resumption(batches, fault_ms),
     )
