@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -170,6 +171,22 @@ def summarize(plan: TestPlan, outcomes: list[StepOutcome], cores: int) -> dict[s
     return summary
 
 
+SEARCH_TESTS = ("sustainable", "reference")
+PLAN_FILE = "plan.pickle"
+
+
+@dataclass(frozen=True)
+class StepTicket:
+    """One unit of a run that can execute on its own (an Airflow mapped task, say); JSON-ready."""
+
+    run_id: str
+    index: int
+    label: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "index": self.index, "label": self.label}
+
+
 def run_test(
     plan: TestPlan,
     base: StackConfig,
@@ -180,73 +197,179 @@ def run_test(
     state_dir: Path | None = None,
 ) -> RunResult:
     """Run a test plan end to end against the local stack; always stores what it measured."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    first = plan.steps[0].stack
-    config = bench_config(base, first, state_dir)
+    tickets = begin_run(plan, base, store, out_dir, progress, state_dir)
+    run_id = tickets[0].run_id
+    try:
+        for ticket in tickets:
+            run_ticket(run_id, ticket.index, base, store, out_dir, progress, state_dir)
+        return finish_run(run_id, store, out_dir, progress)
+    except BaseException as exc:
+        abort_run(run_id, store, out_dir, f"{type(exc).__name__}: {exc}", progress)
+        raise
+    finally:
+        if not keep_up:
+            Bench(base, plan.steps[0].stack, out_dir / run_id, progress, state_dir).stack.down()
+
+
+# A run split into parts: begin_run, then run_ticket for each ticket (in order; each may run in
+# its own process, and again after a failure), then finish_run. Between the parts the run lives
+# in the results store (metrics as each step completes) and in its folder (plan, step outcomes).
+def _run_dir(out_dir: Path, run_id: str) -> Path:
+    return out_dir / run_id
+
+
+def _outcome_file(out_dir: Path, run_id: str, index: int) -> Path:
+    return _run_dir(out_dir, run_id) / "outcomes" / f"{index:03d}.pickle"
+
+
+def _tickets_of(plan: TestPlan, run_id: str) -> list[StepTicket]:
+    if plan.test in SEARCH_TESTS:
+        return [StepTicket(run_id, 0, "rate search")]
+    return [StepTicket(run_id, i, step.label) for i, (step, _) in enumerate(with_api_load(plan))]
+
+
+def begin_run(
+    plan: TestPlan,
+    base: StackConfig,
+    store: ResultsStore,
+    out_dir: Path,
+    progress: Callable[[str], None] = print,
+    state_dir: Path | None = None,
+) -> list[StepTicket]:
+    """Open a run in the store (with its manifest) and return its tickets, one per step."""
+    config = bench_config(base, plan.steps[0].stack, state_dir)
     manifest = build_manifest(config, plan.to_dict())
     run_id = store.start_run(plan.test, plan.profile, plan.to_dict(), manifest)
+    folder = _run_dir(out_dir, run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PLAN_FILE).write_bytes(pickle.dumps((plan, manifest)))
     progress(
         f"run {run_id}: {plan.test} ({plan.profile} profile, {len(plan.steps)} step(s) x {plan.repetitions})"
     )
-    result = RunResult(run_id=run_id, test=plan.test, status="error")
-    bench = Bench(base, first, out_dir / run_id, progress, state_dir)
+    return _tickets_of(plan, run_id)
+
+
+def _load_plan(out_dir: Path, run_id: str) -> tuple[TestPlan, dict[str, Any]]:
+    path = _run_dir(out_dir, run_id) / PLAN_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"run {run_id}: no plan at {path}; was the run begun with begin_run?")
+    return pickle.loads(path.read_bytes())
+
+
+def run_ticket(
+    run_id: str,
+    index: int,
+    base: StackConfig,
+    store: ResultsStore,
+    out_dir: Path,
+    progress: Callable[[str], None] = print,
+    state_dir: Path | None = None,
+) -> list[StepOutcome]:
+    """Run one ticket of a begun run: bring the stack into the step's shape, measure, store.
+
+    Starts (and primes) only what is not running, so a ticket runs the same after the one
+    before it, on a stack left up by a set-up task, or alone after a crash. A rerun of a
+    ticket replaces its outcomes; the store keeps both repetitions' rows under its step.
+    """
+    plan, _ = _load_plan(out_dir, run_id)
+    tickets = _tickets_of(plan, run_id)
+    if not 0 <= index < len(tickets):
+        raise IndexError(f"run {run_id}: no step {index} (it has {len(tickets)})")
+    if plan.test in SEARCH_TESTS:
+        bench = Bench(base, plan.steps[0].stack, _run_dir(out_dir, run_id), progress, state_dir)
+        outcomes = _run_search_test(plan, bench, store, run_id, progress)
+    else:
+        step, users = with_api_load(plan)[index]
+        progress(f"run {run_id}: step {index + 1}/{len(tickets)}: {tickets[index].label}")
+        bench = Bench(base, step.stack, _run_dir(out_dir, run_id), progress, state_dir)
+        if plan.test == "brokers":
+            progress(f"Kafka with {step.stack.brokers} broker(s)")
+            bench.reconfigure_brokers(step.stack.brokers)
+            bench.set_benchmark_partitions(step.stack.partitions)
+            outcomes = _repetitions(plan, bench, store, run_id, step, pipeline=False)
+        elif plan.test == "partitions":
+            # With the pipeline running the steps also measure Spark on the grown topic (they must
+            # then ascend: Kafka cannot shrink a topic under the streaming job); otherwise only
+            # Kafka is started and measured, as in the guide's section 5.3.
+            pipeline = bench.stack.status().running(STREAMING_JOB) > 0
+            if not pipeline:
+                bench.up((KAFKA,))
+            bench.set_benchmark_partitions(step.stack.partitions)
+            outcomes = _repetitions(plan, bench, store, run_id, step, pipeline=pipeline)
+        else:
+            bench.ensure_up(step, plan.drain_timeout_s)
+            bench.shape_stack(step.stack)
+            outcomes = _repetitions(plan, bench, store, run_id, step, api_users=users)
+    path = _outcome_file(out_dir, run_id, index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(outcomes))
+    return outcomes
+
+
+def _run_search_test(
+    plan: TestPlan, bench: Bench, store: ResultsStore, run_id: str, progress: Callable[[str], None]
+) -> list[StepOutcome]:
+    first_index = 0
+    if plan.test == "reference":
+        ceilings = _run_reference(plan, bench, store, run_id, progress)
+        (bench.out_dir / "ceilings.pickle").write_bytes(pickle.dumps(ceilings))
+        first_index = 1
+    bench.ensure_up(plan.steps[0], plan.drain_timeout_s)
+    return _run_search(plan, bench, store, run_id, progress, first_index)
+
+
+def finish_run(
+    run_id: str, store: ResultsStore, out_dir: Path, progress: Callable[[str], None] = print
+) -> RunResult:
+    """Summarise a run from its tickets' outcomes, close it in the store and export its JSON."""
+    plan, manifest = _load_plan(out_dir, run_id)
+    tickets = _tickets_of(plan, run_id)
+    missing = [t.label for t in tickets if not _outcome_file(out_dir, run_id, t.index).exists()]
+    if missing:
+        raise RuntimeError(f"run {run_id}: step(s) not run: {', '.join(missing)}")
+    outcomes: list[StepOutcome] = []
+    for ticket in tickets:
+        outcomes += pickle.loads(_outcome_file(out_dir, run_id, ticket.index).read_bytes())
     cores = int(
         manifest.get("machine", {}).get("usable_cores") or manifest.get("machine", {}).get("cores") or 1
     )
-    ceilings: ReferenceResult | None = None
-    try:
-        if plan.test == "brokers":
-            result.outcomes = _run_brokers(plan, bench, store, run_id, progress)
-        elif plan.test == "partitions":
-            result.outcomes = _run_partitions(plan, bench, store, run_id)
-        else:
-            if plan.test == "reference":
-                ceilings = _run_reference(plan, bench, store, run_id, progress)
-            bench.up()
-            bench.prime(plan.steps[0], plan.drain_timeout_s)
-            if plan.test in ("sustainable", "reference"):
-                first_index = 1 if plan.test == "reference" else 0
-                result.outcomes = _run_search(plan, bench, store, run_id, progress, first_index)
-            else:
-                result.outcomes = _run_steps(plan, bench, store, run_id)
-        result.summary = summarize(plan, result.outcomes, cores)
-        if plan.api_load.users:
-            result.summary["api_load_impact"] = api_load_impact(result.outcomes)
-        faults = [fault for outcome in result.outcomes for fault in outcome.faults]
-        if faults:
-            result.summary["faults"] = faults
-        bad_input = [outcome.bad_input for outcome in result.outcomes if outcome.bad_input]
-        if bad_input:
-            result.summary["bad_input"] = bad_input
-        if plan.test in ("sustainable", "reference"):
-            result.summary["search"] = _search_summary(result.outcomes)
-            _record_search_result(store, run_id, result.summary["search"], len(result.outcomes) + 1)
-        if ceilings is not None:
-            result.summary["reference"] = reference_summary(ceilings, result.outcomes)
-        failed = [o for o in result.outcomes if o.accounting and o.accounting.get("lost_messages", 0) > 0]
-        failed += [o for o in result.outcomes if o.bad_input and not o.bad_input["passed"]]
-        result.status = "failed" if failed else "passed"
-        return result
-    except BaseException as exc:
-        result.summary = {"error": f"{type(exc).__name__}: {exc}"}
-        raise
-    finally:
-        store.finish_run(run_id, result.status, result.summary)
-        result.json_path = out_dir / f"{run_id}.json"
-        result.json_path.write_text(json.dumps(store.export_run(run_id), indent=2, default=str))
-        progress(f"results: {result.json_path} (store {store.url})")
-        if not keep_up:
-            bench.stack.down()
+    result = RunResult(run_id=run_id, test=plan.test, status="error", outcomes=outcomes)
+    result.summary = summarize(plan, outcomes, cores)
+    if plan.api_load.users:
+        result.summary["api_load_impact"] = api_load_impact(outcomes)
+    faults = [fault for outcome in outcomes for fault in outcome.faults]
+    if faults:
+        result.summary["faults"] = faults
+    bad_input = [outcome.bad_input for outcome in outcomes if outcome.bad_input]
+    if bad_input:
+        result.summary["bad_input"] = bad_input
+    if plan.test in SEARCH_TESTS:
+        result.summary["search"] = _search_summary(outcomes)
+        _record_search_result(store, run_id, result.summary["search"], len(outcomes) + 1)
+    ceilings_file = _run_dir(out_dir, run_id) / "ceilings.pickle"
+    if plan.test == "reference" and ceilings_file.exists():
+        result.summary["reference"] = reference_summary(pickle.loads(ceilings_file.read_bytes()), outcomes)
+    failed = [o for o in outcomes if o.accounting and o.accounting.get("lost_messages", 0) > 0]
+    failed += [o for o in outcomes if o.bad_input and not o.bad_input["passed"]]
+    result.status = "failed" if failed else "passed"
+    store.finish_run(run_id, result.status, result.summary)
+    result.json_path = _export(run_id, store, out_dir, progress)
+    return result
 
 
-def _run_steps(plan: TestPlan, bench: Bench, store: ResultsStore, run_id: str) -> list[StepOutcome]:
-    """Every step (and its API-load twin), shaped, each repetition recorded as it completes."""
-    outcomes = []
-    for step, users in with_api_load(plan):
-        bench.ensure_brokers(step, plan.drain_timeout_s)
-        bench.shape_stack(step.stack)
-        outcomes += _repetitions(plan, bench, store, run_id, step, api_users=users)
-    return outcomes
+def abort_run(
+    run_id: str, store: ResultsStore, out_dir: Path, error: str, progress: Callable[[str], None] = print
+) -> None:
+    """Close a run that could not complete as an error; what it measured so far stays stored."""
+    store.finish_run(run_id, "error", {"error": error})
+    _export(run_id, store, out_dir, progress)
+
+
+def _export(run_id: str, store: ResultsStore, out_dir: Path, progress: Callable[[str], None]) -> Path:
+    path = out_dir / f"{run_id}.json"
+    path.write_text(json.dumps(store.export_run(run_id), indent=2, default=str))
+    progress(f"results: {path} (store {store.url})")
+    return path
 
 
 def _repetitions(
@@ -263,23 +386,6 @@ def _repetitions(
                 fault["left_down_after_step"] = left_down
         record_outcome(store, run_id, outcome)
         outcomes.append(outcome)
-    return outcomes
-
-
-def _run_partitions(plan: TestPlan, bench: Bench, store: ResultsStore, run_id: str) -> list[StepOutcome]:
-    """Partition counts of the benchmark topic.
-
-    With the pipeline running, the steps also measure Spark on the grown topic (they must then
-    ascend: Kafka cannot shrink a topic under the streaming job); otherwise only Kafka is
-    started and measured, as in the guide's section 5.3.
-    """
-    pipeline = bench.stack.status().running(STREAMING_JOB) > 0
-    if not pipeline:
-        bench.up((KAFKA,))
-    outcomes = []
-    for step in plan.steps:
-        bench.set_benchmark_partitions(step.stack.partitions)
-        outcomes += _repetitions(plan, bench, store, run_id, step, pipeline=pipeline)
     return outcomes
 
 
@@ -408,16 +514,3 @@ def _record_search_result(store: ResultsStore, run_id: str, search: dict[str, An
         0,
         [Metric("throughput.sustainable", math.nan if rate is None else rate, "msg/s")],
     )
-
-
-def _run_brokers(
-    plan: TestPlan, bench: Bench, store: ResultsStore, run_id: str, progress
-) -> list[StepOutcome]:
-    """Kafka only: each broker count is its own cluster (the KRaft quorum is formatted for it)."""
-    outcomes = []
-    for step in plan.steps:
-        progress(f"Kafka with {step.stack.brokers} broker(s)")
-        bench.reconfigure_brokers(step.stack.brokers)
-        bench.set_benchmark_partitions(step.stack.partitions)
-        outcomes += _repetitions(plan, bench, store, run_id, step, pipeline=False)
-    return outcomes

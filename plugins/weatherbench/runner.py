@@ -319,12 +319,20 @@ class Bench:
             return
         shutil.copytree(source, target, dirs_exist_ok=True)
 
+    def _running_config(self) -> StackConfig | None:
+        """The configuration the stack in this state dir was last brought up with, if any."""
+        path = self.config.stack_file
+        return load_config(path, environ={}) if path.exists() else None
+
+    def _window_settings_differ(self, other: StackConfig) -> bool:
+        return any(
+            getattr(other.spark, key) != getattr(self.config.spark, key)
+            for key in ("window", "watermark", "trigger")
+        )
+
     def up(self, components: tuple[str, ...] | None = None) -> None:
         """Bring the benchmark stack up in the session's shape (window settings changed: fresh checkpoint)."""
-        previous = (
-            load_config(self.config.stack_file, environ={}) if self.config.stack_file.exists() else None
-        )
-        streaming = ("window", "watermark", "trigger")
+        previous = self._running_config()
         if previous is not None and previous.kafka.brokers != self.config.kafka.brokers:
             # The KRaft quorum is formatted for its broker count: a new count is a new cluster.
             self.progress(
@@ -332,9 +340,7 @@ class Bench:
                 "stopping the stack and starting a fresh cluster"
             )
             get_stack(previous).down(purge=True)
-        elif previous is not None and any(
-            getattr(previous.spark, key) != getattr(self.config.spark, key) for key in streaming
-        ):
+        elif previous is not None and self._window_settings_differ(previous):
             self.progress("window settings changed: restarting the pipeline on a fresh checkpoint")
             self.stack.down()
             shutil.rmtree(self.config.state_dir / "checkpoints", ignore_errors=True)
@@ -346,6 +352,26 @@ class Bench:
         self.set_benchmark_partitions(self.shape.partitions)
         self.stack.up(components or COMPONENTS)
         self.progress(f"stack up in {time.monotonic() - began:.0f} s (state in {self.config.state_dir})")
+
+    def ensure_up(self, step: Step, timeout_s: float) -> bool:
+        """The whole pipeline up in the step's broker count and window settings; True if it started.
+
+        Only a stack that had to start anything (or to change its Kafka cluster or window
+        settings) is primed: a warm pipeline left running by the step before stays as it is.
+        """
+        previous = self._running_config()
+        status = self.stack.status()
+        missing = [c for c in COMPONENTS if status.running(c) == 0]
+        reshaped = (
+            previous is None
+            or previous.kafka.brokers != self.config.kafka.brokers
+            or self._window_settings_differ(previous)
+        )
+        if not missing and not reshaped:
+            return False
+        self.up()
+        self.prime(step, timeout_s)
+        return True
 
     def heal(self, step: Step, timeout_s: float) -> list[str]:
         """After a fault step: start whatever is not running, and prime again if anything was.
@@ -370,14 +396,6 @@ class Bench:
         self.config = bench_config(self.base, self.shape, self.config.state_dir)
         self.stack = get_stack(self.config)
         self.up((KAFKA,))
-
-    def ensure_brokers(self, step: Step, timeout_s: float) -> None:
-        """A pipeline step on another broker count: a fresh Kafka cluster, the pipeline on it, primed."""
-        if step.stack.brokers == self.shape.brokers:
-            return
-        self.reconfigure_brokers(step.stack.brokers)
-        self.up()
-        self.prime(step, timeout_s)
 
     def prime(self, step: Step, timeout_s: float) -> None:
         """Load a freshly started pipeline until it serves, so its start-up is not in any step.

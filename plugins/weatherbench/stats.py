@@ -125,6 +125,16 @@ class LatencyHistogram:
         """The HDR part in the standard compressed base64 form (HistogramLogProcessor reads it)."""
         return self._hdr.encode().decode("ascii")
 
+    # A step's outcome is handed between processes (one Airflow task per step) by pickle; the
+    # HDR counts array is a ctypes type pickle cannot name, so it travels in its encoded form.
+    def __getstate__(self) -> dict[str, object]:
+        return {"hdr": self.encode(), "negatives": self.negatives, "over_range": self.over_range}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self._hdr = HdrHistogram.decode(str(state["hdr"]).encode("ascii"))
+        self.negatives = list(state["negatives"])  # type: ignore[call-overload]
+        self.over_range = list(state["over_range"])  # type: ignore[call-overload]
+
     @classmethod
     def decode(cls, encoded: str, negatives: Sequence[float] = ()) -> LatencyHistogram:
         histogram = cls()

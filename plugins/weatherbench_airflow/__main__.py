@@ -1,0 +1,47 @@
+"""`wb-airflow`: the `airflow` command with this repository's environment (see environment.py).
+
+    wb-airflow bootstrap                       # metadata DB migrated, stack pool created
+    wb-airflow dags test weather_benchmark_nightly
+    wb-airflow ui                              # bootstrap, then `airflow standalone` on :8080
+    wb-airflow <any airflow command>
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from weatherbench_airflow import environment
+
+
+def _airflow(*args: str) -> list[str]:
+    binary = shutil.which("airflow", path=os.path.dirname(sys.executable)) or "airflow"
+    return [binary, *args]
+
+
+def bootstrap() -> None:
+    environment.AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
+    subprocess.run(_airflow("db", "migrate"), check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        _airflow("pools", "set", environment.STACK_POOL, "1", environment.STACK_POOL_DESCRIPTION),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def main(argv: list[str]) -> int:
+    environment.apply()
+    if argv[:1] == ["bootstrap"]:
+        bootstrap()
+        return 0
+    if argv[:1] == ["ui"]:
+        bootstrap()
+        argv = ["standalone", *argv[1:]]
+    os.execv(_airflow()[0], _airflow(*argv))
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,121 @@
+"""How Airflow runs for this repository, set before Airflow is imported (no Airflow import here).
+
+`airflow_environ()` gives the variables: AIRFLOW_HOME under .state/airflow (SQLite metadata DB),
+the repository's dags/ and plugins/ folders, no example DAGs, the UI on 127.0.0.1:8080 (the
+stack's ports keep clear of it), and the connections the operators use. A variable already in
+the environment wins, so a user points the DAGs at another SMTP server, Kafka or Spark master
+by exporting the usual `AIRFLOW_CONN_<ID>` or `AIRFLOW__SECTION__KEY`.
+
+`python -m weatherbench_airflow` (the `wb-airflow` command) is `airflow` with this environment,
+plus `bootstrap` (migrate the metadata DB, create the stack pool) and `ui` (bootstrap, then
+`airflow standalone`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pipeline.config import REPO_ROOT, load_config
+from weatherbench.mail import DEFAULT_SINK_HOST, sink_port
+
+AIRFLOW_HOME = REPO_ROOT / ".state" / "airflow"
+UI_HOST = "127.0.0.1"
+UI_PORT = 8080
+
+# Connection ids the operators use by default.
+STACK_CONN_ID = "weatherbench_stack"
+KAFKA_CONN_ID = "weatherbench_kafka"
+SPARK_CONN_ID = "weatherbench_spark"
+RAY_CONN_ID = "weatherbench_ray"
+SMTP_CONN_ID = "weatherbench_smtp"
+
+# Benchmarks share one stack: the pool with one slot runs one of their tasks at a time.
+STACK_POOL = "weatherbench_stack"
+STACK_POOL_DESCRIPTION = "One slot: benchmark tasks that use the shared benchmark stack run one at a time"
+
+
+def connection_uris(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Default connections (Airflow's JSON form), from the local stack configuration."""
+    config = load_config(environ=environ)
+    return {
+        STACK_CONN_ID: json.dumps(
+            {
+                "conn_type": "generic",
+                "description": "The benchmark stack: backend and configuration of the stack runtime",
+                "extra": {"backend": "local", "state_dir": str(config.state_dir / "bench")},
+            }
+        ),
+        KAFKA_CONN_ID: json.dumps(
+            {
+                "conn_type": "kafka",
+                "description": "Kafka brokers of the benchmark stack (admin client)",
+                "extra": {"bootstrap.servers": config.kafka.bootstrap_servers},
+            }
+        ),
+        SPARK_CONN_ID: json.dumps(
+            {
+                "conn_type": "spark",
+                "description": "The Spark standalone master of the stack",
+                "host": "spark://127.0.0.1",
+                "port": config.spark.master_port,
+                "extra": {"deploy-mode": "client", "spark-binary": "spark-submit"},
+            }
+        ),
+        RAY_CONN_ID: json.dumps(
+            {
+                "conn_type": "generic",
+                "description": "The Ray cluster's dashboard (state API)",
+                "host": "127.0.0.1",
+                "port": config.ray.dashboard_port,
+            }
+        ),
+        SMTP_CONN_ID: json.dumps(
+            {
+                "conn_type": "smtp",
+                "description": "Where report e-mail goes: the local SMTP sink unless overridden",
+                "host": DEFAULT_SINK_HOST,
+                "port": sink_port(environ),
+                "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "weatherbench@localhost"},
+            }
+        ),
+    }
+
+
+def airflow_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment Airflow runs in for this repository: `environ` plus our defaults."""
+    env = dict(os.environ if environ is None else environ)
+    home = Path(env.get("AIRFLOW_HOME") or AIRFLOW_HOME)
+    defaults = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__API__HOST": UI_HOST,
+        "AIRFLOW__API__PORT": str(UI_PORT),
+        "AIRFLOW__API__BASE_URL": f"http://{UI_HOST}:{UI_PORT}",
+        # The local UI is for the person at this machine: every user is an admin, no login form.
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        # A benchmark step runs for minutes; the default 5-minute task heartbeat leeway is fine,
+        # but tasks must not be killed as zombies while the 2 cores are saturated.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "900",
+        # Our packages (pipeline, weatherbench) import from the repository root and plugins/.
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO_ROOT), str(REPO_ROOT / "plugins"), env.get("PYTHONPATH", "")) if p
+        ),
+    }
+    for conn_id, uri in connection_uris(env).items():
+        defaults[f"AIRFLOW_CONN_{conn_id.upper()}"] = uri
+    for key, value in defaults.items():
+        if key == "PYTHONPATH" or not env.get(key):
+            env[key] = value
+    return env
+
+
+def apply(environ: dict[str, str] | None = None) -> None:
+    """Set the environment of this process (call before the first Airflow import)."""
+    target = os.environ if environ is None else environ
+    target.update(airflow_environ(target))
