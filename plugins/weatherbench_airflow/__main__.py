@@ -1,9 +1,9 @@
 """`wb-airflow`: the `airflow` command with this repository's environment (see environment.py).
 
-    wb-airflow bootstrap                       # metadata DB migrated, stack pool created
-    wb-airflow dags test weather_benchmark_nightly
-    wb-airflow ui                              # bootstrap, then `airflow standalone` on :8080
-    wb-airflow <any airflow command>
+wb-airflow bootstrap                       # metadata DB migrated, stack pool created
+wb-airflow dags test weather_benchmark_nightly
+wb-airflow ui                              # bootstrap, then `airflow standalone` on :8080
+wb-airflow <any airflow command>
 """
 
 from __future__ import annotations
