@@ -6,6 +6,7 @@ Airflow environment), without a metadata database.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def test_nightly_runs_the_guide_suite_in_order_and_tears_down(dagbag: Any) -> No
     assert dag.timetable.expression == "0 2 * * *"
     order = ["latency", "throughput", "scalability-spark", "scalability-ray", "fault-tolerance", "resources"]
     assert dag.params["tests"] == order
-    for before, after in zip(order, order[1:], strict=False):
+    for before, after in itertools.pairwise(order):
         assert f"{after}.begin" in dag.get_task(f"{before}.finish").downstream_task_ids
     assert "report" in dag.get_task("resources.finish").downstream_task_ids
     assert dag.get_task("report").downstream_task_ids == {"email"}

@@ -1,4 +1,4 @@
-"""Suite parameters: every bad value is refused with the parameter's name; good ones become the right plans."""
+"""Suite parameters: a bad value is refused with the parameter's name; good ones become the right plans."""
 
 from __future__ import annotations
 

@@ -9,22 +9,24 @@ returns its id for the report. All three are thin over weatherbench.experiments.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from pipeline.config import REPO_ROOT
 from weatherbench.experiments import abort_run, begin_run, finish_run, run_ticket
 from weatherbench.runner import Bench
 from weatherbench.store import ResultsStore
 from weatherbench.suite import plan_for
-from weatherbench_airflow.environment import KAFKA_CONN_ID, STACK_CONN_ID, STACK_POOL
+from weatherbench_airflow.environment import KAFKA_CONN_ID, STACK_CONN_ID, STACK_POOL, reports_dir
 from weatherbench_airflow.hooks.stack import WeatherStackHook
 from weatherbench_airflow.operators.stack import CHECK_TASK_ID, STACK_UP_TASK_ID, checked_params
 
-RESULTS_DIR = REPO_ROOT / "reports" / "results"
+
+def results_dir() -> Path:
+    return reports_dir() / "results"
 
 
 class BeginRunOperator(BaseOperator):
@@ -49,7 +51,7 @@ class BeginRunOperator(BaseOperator):
         hook = WeatherStackHook(self.stack_conn_id)
         plan = plan_for(self.test, params)
         tickets = begin_run(
-            plan, hook.base_config, ResultsStore(), RESULTS_DIR, self.log.info, hook.state_dir
+            plan, hook.base_config, ResultsStore(), results_dir(), self.log.info, hook.state_dir
         )
         return [ticket.to_dict() for ticket in tickets]
 
@@ -86,7 +88,7 @@ class BenchmarkStepOperator(BaseOperator):
             ticket["index"],
             hook.base_config,
             ResultsStore(),
-            RESULTS_DIR,
+            results_dir(),
             self.log.info,
             hook.state_dir,
             kafka_admin=lambda: kafka.get_conn,
@@ -126,9 +128,9 @@ class FinishRunOperator(BaseOperator):
         run_id = tickets[0]["run_id"]
         store = ResultsStore()
         try:
-            result = finish_run(run_id, store, RESULTS_DIR, self.log.info)
+            result = finish_run(run_id, store, results_dir(), self.log.info)
         except RuntimeError as exc:  # a step did not complete
-            abort_run(run_id, store, RESULTS_DIR, str(exc), self.log.info)
+            abort_run(run_id, store, results_dir(), str(exc), self.log.info)
             # The report and the verdict still see the run, as an error.
             ti.xcom_push(key="return_value", value={"run_id": run_id, "test": self.test, "status": "error"})
             raise AirflowFailException(

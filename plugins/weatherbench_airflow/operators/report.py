@@ -19,15 +19,13 @@ from airflow.providers.smtp.operators.smtp import EmailOperator
 from airflow.sdk import BaseHook, BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from pipeline.config import REPO_ROOT
 from weatherbench.mailsink import sink_status, start_sink, stop_sink
 from weatherbench.report import build_report
 from weatherbench.report.delivery import SINK_OUT_DIR, SINK_STATE_DIR
 from weatherbench.store import ResultsStore
-from weatherbench_airflow.environment import SMTP_CONN_ID
+from weatherbench_airflow.environment import SMTP_CONN_ID, reports_dir
 from weatherbench_airflow.operators.stack import CHECK_TASK_ID, STACK_UP_TASK_ID, checked_params
 
-REPORTS_DIR = REPO_ROOT / "reports"
 REPORT_TASK_ID = "report"
 
 
@@ -56,7 +54,7 @@ class BuildReportOperator(BaseOperator):
         result = build_report(
             ResultsStore(),
             [run["run_id"] for run in runs],
-            out_dir=REPORTS_DIR,
+            out_dir=reports_dir(),
             name=f"{self.name_prefix}-{stamp:%Y%m%dT%H%M%SZ}",
         )
         self.log.info(
