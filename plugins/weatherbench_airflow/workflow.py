@@ -9,7 +9,8 @@
 and each test is a task group `begin -> step (mapped, one per step) -> finish`. A test left
 out of the run's `tests` parameter is skipped; a failed test does not stop the ones after it
 (the next begins when it is done), and the report covers every test that ran. The verdict
-fails the run when the parameters were bad, the stack did not come up, or a test did not pass.
+fails the run when a test did not pass. Bad parameters or a stack that did not come up fail
+the run at once: nothing in the set-ups' scope runs (Airflow marks it upstream_failed).
 """
 
 from __future__ import annotations

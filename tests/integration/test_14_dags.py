@@ -112,10 +112,9 @@ def test_a_bad_parameter_fails_the_first_task_before_the_stack_is_touched(
     assert result.state == "failed"
     assert result.tasks["check_params"] == "failed"
     assert "parameter 'faults'" in log.read_text() and "explode" in log.read_text()
-    assert result.tasks["stack_up"] == "upstream_failed"
-    assert result.tasks["verdict"] == "failed"
-    touched = {t: s for t, s in result.tasks.items() if s == "success"}
-    assert touched == {}, f"tasks ran after bad parameters: {touched}"
+    # Everything after it is upstream_failed (the set-ups failed, so their scope does not run).
+    others = {t: s for t, s in result.tasks.items() if t != "check_params"}
+    assert set(others.values()) == {"upstream_failed"}, others
     assert not (state / "pids").exists() or not any((state / "pids").iterdir())
 
 

@@ -22,7 +22,7 @@ from weatherbench.store import ResultsStore
 from weatherbench.suite import plan_for
 from weatherbench_airflow.environment import KAFKA_CONN_ID, STACK_CONN_ID, STACK_POOL, reports_dir
 from weatherbench_airflow.hooks.stack import WeatherStackHook
-from weatherbench_airflow.operators.stack import CHECK_TASK_ID, STACK_UP_TASK_ID, checked_params
+from weatherbench_airflow.operators.stack import checked_params
 
 
 def results_dir() -> Path:
@@ -40,9 +40,6 @@ class BeginRunOperator(BaseOperator):
         self.stack_conn_id = stack_conn_id
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        ti = context["ti"]
-        if ti.xcom_pull(task_ids=CHECK_TASK_ID) is None or ti.xcom_pull(task_ids=STACK_UP_TASK_ID) is None:
-            raise AirflowSkipException("not begun: the parameters were bad or the stack did not come up")
         params = checked_params(context)
         if self.test not in params.tests:
             raise AirflowSkipException(
