@@ -337,7 +337,9 @@ def emit(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config = load_config(args.config)
+    # The stack file is the whole configuration: the submitter applied its WB_* overrides when it
+    # wrote it, and a submitter may pass its environment through (Airflow's SparkSubmitHook does).
+    config = load_config(args.config, environ={})
     started = time.monotonic()
     spark = (
         SparkSession.builder.appName("weather-train")
