@@ -1,9 +1,9 @@
 """`wb-airflow`: the `airflow` command with this repository's environment (see environment.py).
 
-    wb-airflow bootstrap                       # metadata DB migrated, stack pool created
-    wb-airflow dags test weather_benchmark_nightly
-    wb-airflow ui                              # bootstrap, then `airflow standalone` on :8080
-    wb-airflow <any airflow command>
+wb-airflow bootstrap                       # metadata DB migrated, stack pool created
+wb-airflow dags test weather_benchmark_nightly
+wb-airflow ui                              # bootstrap, then `airflow standalone` on :8080
+wb-airflow <any airflow command>
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def _airflow(*args: str) -> list[str]:
 
 
 def bootstrap() -> None:
-    environment.AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
+    # The home in force: the repository's default or the AIRFLOW_HOME the caller exported.
+    os.makedirs(os.environ.get("AIRFLOW_HOME") or environment.AIRFLOW_HOME, exist_ok=True)
     subprocess.run(_airflow("db", "migrate"), check=True, stdout=subprocess.DEVNULL)
     subprocess.run(
         _airflow("pools", "set", environment.STACK_POOL, "1", environment.STACK_POOL_DESCRIPTION),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -107,10 +108,16 @@ def airflow_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
             p for p in (str(REPO_ROOT), str(REPO_ROOT / "plugins"), env.get("PYTHONPATH", "")) if p
         ),
     }
+    # `airflow standalone` starts its components as plain `airflow` found on PATH: this
+    # interpreter's bin folder goes first, so they run from the same virtualenv even when it
+    # is not activated (else they fail with "No such file or directory: 'airflow'").
+    bin_dir = os.path.dirname(sys.executable)
+    path = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != bin_dir]
+    defaults["PATH"] = os.pathsep.join([bin_dir, *path])
     for conn_id, uri in connection_uris(env).items():
         defaults[f"AIRFLOW_CONN_{conn_id.upper()}"] = uri
     for key, value in defaults.items():
-        if key == "PYTHONPATH" or not env.get(key):
+        if key in ("PYTHONPATH", "PATH") or not env.get(key):
             env[key] = value
     return env
 
