@@ -9,7 +9,7 @@ STAMP_PY    := $(VENV)/.installed
 STAMP_JARS  := $(JARS)/.fetched
 
 # `cli` is phony so a moved checkout rewrites its paths.
-.PHONY: cli setup system-deps run airflow test unit integration lint format clean down
+.PHONY: cli setup system-deps run demo airflow test unit integration lint format clean down
 
 setup: system-deps $(STAMP_PY) $(STAMP_JARS) cli
 
@@ -56,7 +56,12 @@ $(STAMP_JARS): include/jvm/kafka/pom.xml include/jvm/spark-kafka/pom.xml
 	  -DincludeArtifactIds=spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2
 	touch $@
 
+# The main job: the nightly benchmark DAG, run once here at the quick profile (airflow dags test);
+# the PDF report lands in reports/ and its e-mail in reports/mail/ (the local SMTP sink).
 run: setup
+	$(PY) -m weatherbench_airflow run weather_benchmark_nightly
+
+demo: setup
 	$(PY) -m pipeline demo
 
 # The Airflow UI on http://127.0.0.1:8080 with the DAGs loaded, until Ctrl-C.

@@ -23,6 +23,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,21 +161,28 @@ def app_log_config(config: StackConfig) -> Path:
     return path
 
 
-def spark_submit_argv(
-    config: StackConfig,
-    script: Path,
-    app_name: str,
-    ui_port: int,
-    extra_args: list[str],
-    extra_conf: dict[str, Any] | None = None,
-) -> list[str]:
-    """argv that submits `script` to the standalone master in client mode.
+@dataclass(frozen=True)
+class SubmitSettings:
+    """What spark-submit is given for one of our applications (SparkSubmitHook takes the same)."""
 
-    Checks the installation first (SparkSetupError with the fix), creates the
-    scratch directories, and returns
-    `[spark-submit, --master, URL, --deploy-mode, client, --name, APP, --driver-memory, ..,
-    --executor-memory, .., --executor-cores, .., --jars, J1,J2,.., --conf k=v ..., script, *extra_args]`.
-    `extra_conf` is applied last, so callers can override any default (e.g. `spark.cores.max`).
+    binary: Path
+    master_url: str
+    app_name: str
+    driver_memory: str
+    executor_memory: str
+    executor_cores: int
+    jars: tuple[Path, ...]
+    conf: dict[str, Any]
+
+
+def submit_settings(
+    config: StackConfig, app_name: str, ui_port: int, extra_conf: dict[str, Any] | None = None
+) -> SubmitSettings:
+    """Settings to submit one of our apps to the standalone master in client mode.
+
+    Checks the installation first (SparkSetupError with the fix) and creates the scratch
+    directories. `extra_conf` is applied last, so callers can override any default
+    (e.g. `spark.cores.max`).
     """
     version = check_spark_versions()
     jars = connector_jars(config, version)
@@ -203,24 +211,50 @@ def spark_submit_argv(
         "spark.executor.extraJavaOptions": java_options,
     }
     conf.update(extra_conf or {})
+    return SubmitSettings(
+        binary=binary,
+        master_url=spark.master_url,
+        app_name=app_name,
+        driver_memory=f"{spark.driver_memory_mb}m",
+        executor_memory=f"{spark.executor_memory_mb}m",
+        executor_cores=spark.worker_cores,
+        jars=tuple(jars),
+        conf=conf,
+    )
+
+
+def spark_submit_argv(
+    config: StackConfig,
+    script: Path,
+    app_name: str,
+    ui_port: int,
+    extra_args: list[str],
+    extra_conf: dict[str, Any] | None = None,
+) -> list[str]:
+    """argv that submits `script` to the standalone master in client mode (see submit_settings).
+
+    `[spark-submit, --master, URL, --deploy-mode, client, --name, APP, --driver-memory, ..,
+    --executor-memory, .., --executor-cores, .., --jars, J1,J2,.., --conf k=v ..., script, *extra_args]`.
+    """
+    settings = submit_settings(config, app_name, ui_port, extra_conf)
     argv = [
-        str(binary),
+        str(settings.binary),
         "--master",
-        spark.master_url,
+        settings.master_url,
         "--deploy-mode",
         "client",
         "--name",
         app_name,
         "--driver-memory",
-        f"{spark.driver_memory_mb}m",
+        settings.driver_memory,
         "--executor-memory",
-        f"{spark.executor_memory_mb}m",
+        settings.executor_memory,
         "--executor-cores",
-        str(spark.worker_cores),
+        str(settings.executor_cores),
         "--jars",
-        ",".join(str(p) for p in jars),
+        ",".join(str(p) for p in settings.jars),
     ]
-    for key, value in conf.items():
+    for key, value in settings.conf.items():
         argv += ["--conf", f"{key}={value}"]
     argv.append(str(script))
     argv += [str(a) for a in extra_args]

@@ -264,6 +264,7 @@ def run_ticket(
     out_dir: Path,
     progress: Callable[[str], None] = print,
     state_dir: Path | None = None,
+    kafka_admin: Callable[[], Any] | None = None,
 ) -> list[StepOutcome]:
     """Run one ticket of a begun run: bring the stack into the step's shape, measure, store.
 
@@ -276,12 +277,12 @@ def run_ticket(
     if not 0 <= index < len(tickets):
         raise IndexError(f"run {run_id}: no step {index} (it has {len(tickets)})")
     if plan.test in SEARCH_TESTS:
-        bench = Bench(base, plan.steps[0].stack, _run_dir(out_dir, run_id), progress, state_dir)
+        bench = Bench(base, plan.steps[0].stack, _run_dir(out_dir, run_id), progress, state_dir, kafka_admin)
         outcomes = _run_search_test(plan, bench, store, run_id, progress)
     else:
         step, users = with_api_load(plan)[index]
         progress(f"run {run_id}: step {index + 1}/{len(tickets)}: {tickets[index].label}")
-        bench = Bench(base, step.stack, _run_dir(out_dir, run_id), progress, state_dir)
+        bench = Bench(base, step.stack, _run_dir(out_dir, run_id), progress, state_dir, kafka_admin)
         if plan.test == "brokers":
             progress(f"Kafka with {step.stack.brokers} broker(s)")
             bench.reconfigure_brokers(step.stack.brokers)

@@ -301,8 +301,11 @@ class Bench:
         out_dir: Path,
         progress: Callable[[str], None] = print,
         state_dir: Path | None = None,
+        kafka_admin: Callable[[], Any] | None = None,
     ) -> None:
+        """`kafka_admin` makes the AdminClient topic changes go through (an orchestrator's hook, say)."""
         self.base = base
+        self.kafka_admin = kafka_admin
         self.config = bench_config(base, shape, state_dir)
         self.stack: Stack = get_stack(self.config)
         self.out_dir = out_dir
@@ -437,7 +440,7 @@ class Bench:
 
     def set_benchmark_partitions(self, partitions: int) -> None:
         """Grow the benchmark topic in place; shrinking recreates it (refused under a streaming job)."""
-        admin = admin_client(self.config.kafka.bootstrap_servers)
+        admin = self.kafka_admin() if self.kafka_admin else admin_client(self.config.kafka.bootstrap_servers)
         topic = self.config.kafka.benchmark_topic
         current = describe_topics(admin).get(topic)
         retention = {"retention.ms": str(self.config.kafka.retention_hours * 3_600_000)}

@@ -32,11 +32,28 @@ def bootstrap() -> None:
     )
 
 
+def run_dag(dag_id: str, extra: list[str]) -> int:
+    """Run a DAG once in this process's terminal (`airflow dags test`), then summarise the run."""
+    bootstrap()
+    subprocess.run(_airflow("dags", "test", dag_id, *extra), check=False)
+    summary = environment.last_run_summary(dag_id)
+    if summary is None:
+        print(f"{dag_id}: no run recorded", file=sys.stderr)
+        return 1
+    print(summary.text())
+    return 0 if summary.state == "success" else 1
+
+
 def main(argv: list[str]) -> int:
     environment.apply()
     if argv[:1] == ["bootstrap"]:
         bootstrap()
         return 0
+    if argv[:1] == ["run"]:
+        if len(argv) < 2:
+            print("usage: wb-airflow run DAG_ID [-c JSON]", file=sys.stderr)
+            return 2
+        return run_dag(argv[1], argv[2:])
     if argv[:1] == ["ui"]:
         bootstrap()
         argv = ["standalone", *argv[1:]]

@@ -13,10 +13,14 @@ plus `bootstrap` (migrate the metadata DB, create the stack pool) and `ui` (boot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from pipeline.config import REPO_ROOT, load_config
@@ -36,6 +40,12 @@ SMTP_CONN_ID = "weatherbench_smtp"
 # Benchmarks share one stack: the pool with one slot runs one of their tasks at a time.
 STACK_POOL = "weatherbench_stack"
 STACK_POOL_DESCRIPTION = "One slot: benchmark tasks that use the shared benchmark stack run one at a time"
+
+
+def reports_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the DAGs write reports (results JSON under results/): WB_REPORTS_DIR, default reports/."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("WB_REPORTS_DIR") or REPO_ROOT / "reports")
 
 
 def connection_uris(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -105,7 +115,15 @@ def airflow_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "900",
         # Our packages (pipeline, weatherbench) import from the repository root and plugins/.
         "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO_ROOT), str(REPO_ROOT / "plugins"), env.get("PYTHONPATH", "")) if p
+            dict.fromkeys(
+                p
+                for p in (
+                    str(REPO_ROOT),
+                    str(REPO_ROOT / "plugins"),
+                    *env.get("PYTHONPATH", "").split(os.pathsep),
+                )
+                if p
+            )
         ),
     }
     # `airflow standalone` starts its components as plain `airflow` found on PATH: this
@@ -126,3 +144,63 @@ def apply(environ: dict[str, str] | None = None) -> None:
     """Set the environment of this process (call before the first Airflow import)."""
     target = os.environ if environ is None else environ
     target.update(airflow_environ(target))
+
+
+@dataclass
+class RunSummary:
+    """A DAG run as the metadata DB recorded it: its state, wall time and every task's."""
+
+    dag_id: str
+    run_id: str
+    state: str
+    seconds: float
+    tasks: list[tuple[str, str, float]]  # (task, state, seconds), in start order
+    report: str | None
+
+    def text(self) -> str:
+        lines = [f"\n{self.dag_id} run {self.run_id}: {self.state} in {self.seconds / 60:.1f} min"]
+        lines += [f"  {task:45s} {state:16s} {seconds:7.1f} s" for task, state, seconds in self.tasks]
+        if self.report:
+            lines.append(f"report: {self.report}")
+        return "\n".join(lines)
+
+
+def last_run_summary(dag_id: str, environ: Mapping[str, str] | None = None) -> RunSummary | None:
+    """The latest run of `dag_id` in the SQLite metadata DB (None if it has none)."""
+    env = airflow_environ(environ)
+    url = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    if not url.startswith("sqlite:///"):
+        return None
+    with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+        run = conn.execute(
+            "SELECT run_id, state, start_date, end_date FROM dag_run WHERE dag_id = ? "
+            "ORDER BY id DESC LIMIT 1",
+            (dag_id,),
+        ).fetchone()
+        if run is None:
+            return None
+        rows = conn.execute(
+            "SELECT task_id, map_index, rendered_map_index, state, start_date, end_date FROM task_instance "
+            "WHERE dag_id = ? AND run_id = ? ORDER BY start_date IS NULL, start_date",
+            (dag_id, run[0]),
+        ).fetchall()
+        report = conn.execute(
+            "SELECT value FROM xcom WHERE dag_id = ? AND run_id = ? "
+            "AND task_id = 'report' AND key = 'return_value'",
+            (dag_id, run[0]),
+        ).fetchone()
+    tasks = []
+    for task_id, map_index, label, state, start, end in rows:
+        name = task_id if map_index < 0 else f"{task_id}[{label or map_index}]"
+        tasks.append((name, state or "none", _seconds(start, end)))
+    pdf = None
+    if report is not None:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            pdf = json.loads(report[0]).get("pdf")
+    return RunSummary(dag_id, run[0], run[1], _seconds(run[2], run[3]), tasks, pdf)
+
+
+def _seconds(start: str | None, end: str | None) -> float:
+    if not start or not end:
+        return 0.0
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
