@@ -31,6 +31,8 @@ from urllib.parse import quote
 import pytest
 
 from tests.integration import airflow_ui as ui
+from tests.integration.airflow_dags import stack_environ
+from tests.integration.conftest import stack_config
 from weatherbench.mailsink import local_sink
 
 pytestmark = pytest.mark.integration
@@ -61,7 +63,9 @@ class UiPlace:
 
 
 @contextlib.contextmanager
-def airflow_with_sink(root: Path, dags_folder: Path | None) -> Iterator[UiPlace]:
+def airflow_with_sink(
+    root: Path, dags_folder: Path | None, extra_env: dict[str, str] | None = None
+) -> Iterator[UiPlace]:
     """A mail sink on a free port, then the standalone with every SMTP setting pointed at it."""
     port = ui.free_port()
     mail_dir = root / "mail"
@@ -73,6 +77,7 @@ def airflow_with_sink(root: Path, dags_folder: Path | None) -> Iterator[UiPlace]
         "AIRFLOW_CONN_SMTP_DEFAULT": sink_uri,
         "AIRFLOW_CONN_WEATHERBENCH_SMTP": sink_uri,
         "WB_MAIL_SINK_PORT": str(port),
+        **(extra_env or {}),
     }
     with (
         local_sink(mail_dir, port, root / "mailsink"),
@@ -217,6 +222,21 @@ def nightly_dag_present() -> bool:
 @pytest.mark.timeout(int(ui.STARTUP_TIMEOUT_S + NIGHTLY_RUN_TIMEOUT_S + 300))
 @pytest.mark.skipif(not nightly_dag_present(), reason=f"{NIGHTLY_DAG_ID} is not in dags/")
 def test_nightly_dag_from_trigger_form(tmp_path: Path) -> None:
-    """The real nightly DAG from the repository's dags/: a short latency run, its report e-mailed."""
-    with airflow_with_sink(tmp_path, dags_folder=None) as place:
-        trigger_from_form(place, NIGHTLY_DAG_ID, NIGHTLY_RUN_TIMEOUT_S)
+    """The real nightly DAG from the repository's dags/: a short latency run, its report e-mailed.
+
+    Its benchmark stack runs on the DAG tests' ports and state dir (test_14_dags; the model
+    trained once serves both), with its own results store and reports folder.
+    """
+    isolated = {
+        **stack_environ(stack_config("dags", port_offset=900)),
+        "WB_RESULTS_URL": f"sqlite:///{tmp_path / 'results.db'}",
+        "WB_REPORTS_DIR": str(tmp_path / "reports"),
+    }
+    with airflow_with_sink(tmp_path, dags_folder=None, extra_env=isolated) as place:
+        _, eml = trigger_from_form(place, NIGHTLY_DAG_ID, NIGHTLY_RUN_TIMEOUT_S)
+    # The PDF report of the latency run, attached to the e-mail the DAG's EmailOperator sent.
+    pdfs = sorted((tmp_path / "reports").glob("nightly-*.pdf"))
+    assert len(pdfs) == 1, pdfs
+    message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert [part.get_filename() for part in message.iter_attachments()] == [pdfs[0].name]
+    assert "latency" in message["Subject"]
