@@ -1,5 +1,5 @@
-# Entry points. The README's commands are `make run` and `make test`;
-# both do every set-up step first (idempotent, skipped when already done).
+# Entry points. The README's commands are `make run`, `make airflow` and `make test`;
+# each does every set-up step first (idempotent, skipped when already done).
 
 PYTHON_BOOT ?= python3.11
 VENV        := .venv
@@ -9,13 +9,15 @@ STAMP_PY    := $(VENV)/.installed
 STAMP_JARS  := $(JARS)/.fetched
 
 # `cli` is phony so a moved checkout rewrites its paths.
-.PHONY: cli setup system-deps run demo test unit integration lint format clean down
+.PHONY: cli setup system-deps run demo airflow test unit integration lint format clean down
 
 setup: system-deps $(STAMP_PY) $(STAMP_JARS) cli
 
 # Java 17+ and Maven come with the machine image; install them from Debian if absent.
 # The PostgreSQL server (initdb, pg_ctl, postgres) is for the results store's integration
 # test, which starts a throwaway cluster; Debian keeps the binaries in /usr/lib/postgresql/*/bin.
+# Chromium is the browser of the Airflow UI test: Playwright drives /usr/bin/chromium and
+# never downloads a browser of its own.
 system-deps:
 	@command -v java >/dev/null && command -v mvn >/dev/null || { \
 	  echo "installing Java 17 and Maven from Debian packages"; \
@@ -23,6 +25,9 @@ system-deps:
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  echo "installing the PostgreSQL server from Debian packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+	@test -x /usr/bin/chromium || { \
+	  echo "installing Chromium from Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 $(STAMP_PY): requirements.txt constraints.txt
 	@command -v $(PYTHON_BOOT) >/dev/null || { echo "error: $(PYTHON_BOOT) not found (Python 3.11 is required)"; exit 1; }
@@ -32,12 +37,15 @@ $(STAMP_PY): requirements.txt constraints.txt
 	$(PY) -m pipeline.versions
 	touch $@
 
-# The repository and its plugins folder on the venv's path, and the benchmark_system command.
+# The repository and its plugins folder on the venv's path, the benchmark_system command
+# and wb-airflow (`airflow` with the repository's environment).
 cli: $(STAMP_PY)
 	@printf '%s\n%s\n' "$(abspath .)" "$(abspath plugins)" \
 	  > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/weatherbench.pth
 	@printf '#!/bin/sh\nexec "%s" -m weatherbench "$$@"\n' "$(abspath $(PY))" > $(VENV)/bin/benchmark_system
 	@chmod +x $(VENV)/bin/benchmark_system
+	@printf '#!/bin/sh\nexec "%s" -m weatherbench_airflow "$$@"\n' "$(abspath $(PY))" > $(VENV)/bin/wb-airflow
+	@chmod +x $(VENV)/bin/wb-airflow
 
 # JVM dependencies from Maven Central: the Kafka broker and tools, and Spark's Kafka
 # connector (only the jars pyspark does not already ship).
@@ -55,6 +63,10 @@ run: setup
 
 demo: setup
 	$(PY) -m pipeline demo
+
+# The Airflow UI on http://127.0.0.1:8080 with the DAGs loaded, until Ctrl-C.
+airflow: setup
+	$(VENV)/bin/wb-airflow ui
 
 test: setup
 	$(PY) -m pytest tests

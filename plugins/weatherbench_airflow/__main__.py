@@ -22,7 +22,8 @@ def _airflow(*args: str) -> list[str]:
 
 
 def bootstrap() -> None:
-    environment.AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
+    # The home in force: the repository's default or the AIRFLOW_HOME the caller exported.
+    os.makedirs(os.environ.get("AIRFLOW_HOME") or environment.AIRFLOW_HOME, exist_ok=True)
     subprocess.run(_airflow("db", "migrate"), check=True, stdout=subprocess.DEVNULL)
     subprocess.run(
         _airflow("pools", "set", environment.STACK_POOL, "1", environment.STACK_POOL_DESCRIPTION),

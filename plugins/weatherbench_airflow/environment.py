@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -114,13 +115,27 @@ def airflow_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "900",
         # Our packages (pipeline, weatherbench) import from the repository root and plugins/.
         "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO_ROOT), str(REPO_ROOT / "plugins"), env.get("PYTHONPATH", "")) if p
+            dict.fromkeys(
+                p
+                for p in (
+                    str(REPO_ROOT),
+                    str(REPO_ROOT / "plugins"),
+                    *env.get("PYTHONPATH", "").split(os.pathsep),
+                )
+                if p
+            )
         ),
     }
+    # `airflow standalone` starts its components as plain `airflow` found on PATH: this
+    # interpreter's bin folder goes first, so they run from the same virtualenv even when it
+    # is not activated (else they fail with "No such file or directory: 'airflow'").
+    bin_dir = os.path.dirname(sys.executable)
+    path = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != bin_dir]
+    defaults["PATH"] = os.pathsep.join([bin_dir, *path])
     for conn_id, uri in connection_uris(env).items():
         defaults[f"AIRFLOW_CONN_{conn_id.upper()}"] = uri
     for key, value in defaults.items():
-        if key == "PYTHONPATH" or not env.get(key):
+        if key in ("PYTHONPATH", "PATH") or not env.get(key):
             env[key] = value
     return env
 
