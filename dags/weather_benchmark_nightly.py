@@ -37,7 +37,7 @@ with DAG(
             ["kill spark-worker 1 for 15s", "kill ray-worker 1 for 15s", "restart kafka"]
         ),
         "fault_at_s": params.fault_at_s(25),
-        "fault_duration_s": params.fault_duration_s(50),
+        "fault_duration_s": params.fault_duration_s(40),
         "recipients": params.recipients(),
     },
 ):
