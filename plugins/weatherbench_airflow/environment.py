@@ -108,6 +108,9 @@ def airflow_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         "AIRFLOW__API__HOST": UI_HOST,
         "AIRFLOW__API__PORT": str(UI_PORT),
         "AIRFLOW__API__BASE_URL": f"http://{UI_HOST}:{UI_PORT}",
+        # LocalExecutor forks this many workers up front; benchmark tasks take one pool slot at a
+        # time, so a few suffice (32, the default, costs about 1 GB on a 2-core machine).
+        "AIRFLOW__CORE__PARALLELISM": "4",
         # The local UI is for the person at this machine: every user is an admin, no login form.
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         # A benchmark step runs for minutes; the default 5-minute task heartbeat leeway is fine,

@@ -17,9 +17,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import StackConfig
+from pipeline.config import StackConfig, load_config
+from pipeline.stack import get_stack
+from pipeline.stack.base import Stack
+from tests.integration.conftest import stack_config
 
 REPO = Path(__file__).resolve().parents[2]
+# The stack of the DAG tests, on its own ports and state dir; the UI test of the nightly DAG
+# runs on it too, so the model trained at its first start serves both.
+DAG_STACK = stack_config("dags", port_offset=900)
 
 
 def stack_environ(config: StackConfig) -> dict[str, str]:
@@ -119,3 +125,11 @@ def airflow_env(home: Path, base: dict[str, str]) -> dict[str, str]:
             timeout=300,
         )
     return env
+
+
+def bench_stack(config: StackConfig) -> Stack:
+    """The benchmark stack the DAGs run for `config` (its bench state dir): to check or clean up."""
+    bench = load_config(
+        environ=stack_environ(config), overrides={"state_dir": str(config.state_dir / "bench")}
+    )
+    return get_stack(bench)

@@ -5,12 +5,8 @@ SQLite DB; headless Debian Chromium, driven by Playwright, opens the DAG's trigg
 changes params in the form fields (tests, duration_s, recipients) and submits. The REST API
 then shows the run, its conf and its end; the report e-mail lands in a mail sink of the test.
 
-* `TestStandInDags`: stand-ins of the nightly DAG with the same params and no stack
-  (tests/fixtures/airflow_ui), one per way the form shows the `tests` param (textarea,
-  multi-select). They prove the harness in a few minutes.
-* `test_nightly_dag_from_trigger_form`: the real `weather_benchmark_nightly` from dags/. Its
-  run starts the benchmark stack (Kafka, Spark, Ray) and takes minutes; skipped while the DAG
-  is not in dags/.
+`test_nightly_dag_from_trigger_form` triggers the real `weather_benchmark_nightly` from dags/;
+its run starts the benchmark stack (Kafka, Spark, Ray) and takes minutes.
 
 Runs come only from the test: the standalone's scheduler has its own schedule off, so
 unpausing the cron DAG (the form's "Unpause on trigger") adds no scheduled run.
@@ -31,15 +27,13 @@ from urllib.parse import quote
 import pytest
 
 from tests.integration import airflow_ui as ui
-from tests.integration.airflow_dags import stack_environ
-from tests.integration.conftest import stack_config
+from tests.integration.airflow_dags import DAG_STACK, bench_stack, stack_environ
 from weatherbench.mailsink import local_sink
 
 pytestmark = pytest.mark.integration
 
 log = logging.getLogger(__name__)
 
-STUB_DAG_FILE = ui.REPO_ROOT / "tests" / "fixtures" / "airflow_ui" / "weather_benchmark_ui_stub.py"
 NIGHTLY_DAG_ID = "weather_benchmark_nightly"
 RECIPIENT = "ui-test@example.com"
 TESTS = ["latency"]
@@ -48,7 +42,6 @@ DURATION_S = 20
 # rather than the SMTP settings the test exports (then only the newest file there tells).
 REPO_MAIL_DIR = ui.REPO_ROOT / "reports" / "mail"
 
-STUB_RUN_TIMEOUT_S = 300.0
 NIGHTLY_RUN_TIMEOUT_S = 900.0
 UI_TIMEOUT_MS = 60_000  # one UI step; generous, the 2 cores are shared with the whole standalone
 
@@ -181,46 +174,7 @@ def trigger_from_form(place: UiPlace, dag_id: str, run_timeout_s: float) -> tupl
     return run_id, delivered[0]
 
 
-@pytest.fixture(scope="class")
-def stand_in_place(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiPlace]:
-    """One standalone for the stand-in DAGs, stopped when their class is done (the port is one)."""
-    root = tmp_path_factory.mktemp("airflow-ui-stub")
-    dags = root / "dags"
-    ui.copy_dag(STUB_DAG_FILE, dags)
-    with airflow_with_sink(root, dags) as place:
-        yield place
-
-
-class TestStandInDags:
-    """Stand-ins of the nightly DAG: the harness, in a few minutes and without the stack."""
-
-    @pytest.mark.timeout(900)
-    @pytest.mark.parametrize(
-        "dag_id",
-        [
-            pytest.param("weather_benchmark_ui_stub", id="tests-as-textarea"),
-            pytest.param("weather_benchmark_ui_stub_select", id="tests-as-multiselect"),
-        ],
-    )
-    def test_stand_in_from_trigger_form(self, stand_in_place: UiPlace, dag_id: str) -> None:
-        place = stand_in_place
-        run_id, eml = trigger_from_form(place, dag_id, STUB_RUN_TIMEOUT_S)
-        # The stand-in's report: from the test's own sink, naming the run and the form's values.
-        assert eml.parent == place.mail_dir
-        message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
-        assert run_id in message["Subject"]
-        body = message.get_body(preferencelist=("plain",))
-        assert body is not None
-        assert "ran latency for 20 s" in body.get_content()
-
-
-def nightly_dag_present() -> bool:
-    dags = ui.REPO_ROOT / "dags"
-    return any(NIGHTLY_DAG_ID in path.read_text(errors="replace") for path in dags.rglob("*.py"))
-
-
 @pytest.mark.timeout(int(ui.STARTUP_TIMEOUT_S + NIGHTLY_RUN_TIMEOUT_S + 300))
-@pytest.mark.skipif(not nightly_dag_present(), reason=f"{NIGHTLY_DAG_ID} is not in dags/")
 def test_nightly_dag_from_trigger_form(tmp_path: Path) -> None:
     """The real nightly DAG from the repository's dags/: a short latency run, its report e-mailed.
 
@@ -228,12 +182,16 @@ def test_nightly_dag_from_trigger_form(tmp_path: Path) -> None:
     trained once serves both), with its own results store and reports folder.
     """
     isolated = {
-        **stack_environ(stack_config("dags", port_offset=900)),
+        **stack_environ(DAG_STACK),
         "WB_RESULTS_URL": f"sqlite:///{tmp_path / 'results.db'}",
         "WB_REPORTS_DIR": str(tmp_path / "reports"),
     }
-    with airflow_with_sink(tmp_path, dags_folder=None, extra_env=isolated) as place:
-        _, eml = trigger_from_form(place, NIGHTLY_DAG_ID, NIGHTLY_RUN_TIMEOUT_S)
+    try:
+        with airflow_with_sink(tmp_path, dags_folder=None, extra_env=isolated) as place:
+            _, eml = trigger_from_form(place, NIGHTLY_DAG_ID, NIGHTLY_RUN_TIMEOUT_S)
+    finally:
+        # A run cut short (a failure stops the standalone) leaves its stack to us.
+        bench_stack(DAG_STACK).down()
     # The PDF report of the latency run, attached to the e-mail the DAG's EmailOperator sent.
     pdfs = sorted((tmp_path / "reports").glob("nightly-*.pdf"))
     assert len(pdfs) == 1, pdfs

@@ -105,14 +105,15 @@ class BenchmarkStepOperator(BaseOperator):
 class FinishRunOperator(BaseOperator):
     """Summarise the test's run and close it; its id goes to the report.
 
-    Runs whatever its steps did (trigger rule all_done): if a step failed for good, the run is
-    closed as an error with what the other steps measured, and this task fails with the reason.
+    Runs once the test began, whatever its steps did (trigger rule all_done_min_one_success,
+    with begin upstream): if a step failed for good, the run is closed as an error with what
+    the other steps measured, and this task fails with the reason.
     """
 
     ui_color = "#bbdefb"
 
     def __init__(self, *, test: str, begin_task_id: str, **kwargs: Any) -> None:
-        kwargs.setdefault("trigger_rule", "all_done")
+        kwargs.setdefault("trigger_rule", "all_done_min_one_success")
         super().__init__(**kwargs)
         self.test = test
         self.begin_task_id = begin_task_id

@@ -20,7 +20,8 @@ from airflow.providers.smtp.operators.smtp import EmailOperator
 from airflow.sdk import BaseHook, BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from weatherbench.mailsink import sink_status, start_sink, stop_sink
+from weatherbench.mail import DEFAULT_SENDER, SENDER_VARIABLE
+from weatherbench.mailsink import accepts_connections, start_sink, stop_sink
 from weatherbench.report import build_report
 from weatherbench.report.delivery import SINK_OUT_DIR, SINK_STATE_DIR
 from weatherbench.store import ResultsStore
@@ -89,6 +90,11 @@ class ReportEmailOperator(EmailOperator):
     def execute(self, context: Context) -> Any:
         if not self.to or self.to in ([], [""], ""):
             raise AirflowSkipException("no recipients: the report stays in reports/")
+        if not self.from_email:
+            # The sender as weatherbench.mail has it: WB_MAIL_FROM, the connection's from_email,
+            # or the default; the provider alone would refuse a connection without from_email.
+            extra = BaseHook.get_connection(self.conn_id).extra_dejson
+            self.from_email = os.environ.get(SENDER_VARIABLE) or extra.get("from_email") or DEFAULT_SENDER
         return super().execute(context)
 
 
@@ -115,11 +121,14 @@ class MailSinkOperator(BaseOperator):
                 self.log.info("local SMTP sink stopped")
             return False
         conn = BaseHook.get_connection(self.conn_id)
-        if conn.host not in ("127.0.0.1", "localhost") or sink_status(state_dir) is not None:
-            self.log.info("mail goes to %s:%s; no sink to start", conn.host, conn.port)
+        port = int(conn.port or 25)
+        # Only a local address with nothing listening gets a sink: a server that already
+        # answers there (a sink started by hand, a local relay) takes the mail as it is.
+        if conn.host not in ("127.0.0.1", "localhost") or accepts_connections(conn.host, port):
+            self.log.info("mail goes to %s:%s; no sink to start", conn.host, port)
             return False
         out_dir = Path(os.environ.get("WB_MAIL_SINK_DIR", SINK_OUT_DIR))
-        info = start_sink(out_dir, int(conn.port or 8025), state_dir, host=conn.host)
+        info = start_sink(out_dir, port, state_dir, host=conn.host)
         self.log.info("local SMTP sink on %s:%s writing %s", conn.host, conn.port, info.out_dir)
         return True
 
