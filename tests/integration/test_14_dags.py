@@ -111,7 +111,7 @@ def test_a_bad_parameter_fails_the_first_task_before_the_stack_is_touched(
 def test_batch_layer_trains_with_spark_and_rolls_out_to_every_actor(
     dag_env: dict[str, str], tmp_path: Path
 ) -> None:
-    model_dir = Path(dag_env["WB_STATE_DIR"]) / "bench" / "model"
+    model_dir = bench_stack(DAG_STACK).config.model_dir
     before = current_version(model_dir) if model_dir.exists() else None
     log = tmp_path / "batch.log"
     result = run_dag("weather_batch_layer", {}, dag_env, log)
