@@ -1,5 +1,5 @@
-# One image for every component of the stack; docker-compose.yml picks the component
-# with `python -m pipeline component NAME`, the same command the local backend runs.
+# One image for every component of the stack and for Airflow; docker-compose.yml picks the
+# component with `python -m pipeline component NAME`, the same command the local backend runs.
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
@@ -11,6 +11,6 @@ WORKDIR /app
 COPY . .
 # JVM jars live outside the state volume, so a fresh volume does not hide them.
 ENV WB_JARS_DIR=/opt/jars
-RUN make setup JARS=/opt/jars && rm -rf /root/.m2 /root/.cache/pip
+RUN make image-setup JARS=/opt/jars && rm -rf /root/.m2 /root/.cache/pip
 
 ENTRYPOINT ["/app/.venv/bin/python", "-m", "pipeline"]

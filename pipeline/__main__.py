@@ -19,18 +19,28 @@ import logging
 import os
 import sys
 
-from pipeline.config import ConfigError, load_config
+import yaml
+
+from pipeline.config import REPO_ROOT, STACK_BACKENDS, ConfigError, load_config
 from pipeline.stack import get_stack
-from pipeline.stack.base import COMPONENTS, KAFKA, SCALABLE, StackError
+from pipeline.stack.base import ALL_COMPONENTS, COMPONENTS, KAFKA, SCALABLE, StackError
+from pipeline.stack.compose import compose_environment
+from pipeline.stack.monitoring import LAYOUTS, compose_config_text, prometheus_config, targets_dir
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="stack configuration YAML (default include/stack/local.yaml)")
-    parser.add_argument("--backend", default="local", help="stack backend (default: local)")
+    parser.add_argument(
+        "--backend",
+        choices=STACK_BACKENDS,
+        default=None,
+        help="stack backend: local processes, docker compose's containers, an existing cluster "
+        "(default: the configuration's backend, WB_STACK_BACKEND, else local)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the stack (idempotent)")
-    up.add_argument("--only", help=f"comma-separated components, of: {','.join(COMPONENTS)}")
+    up.add_argument("--only", help=f"comma-separated components, of: {','.join(ALL_COMPONENTS)}")
     down = sub.add_parser("down", help="stop every component of the stack")
     down.add_argument(
         "--purge", action="store_true", help="also delete topic data, checkpoints and API state"
@@ -42,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     scale.add_argument("count", type=int)
     for name in ("kill", "restart"):
         cmd = sub.add_parser(name, help=f"{name} one instance of a component")
-        cmd.add_argument("component", choices=COMPONENTS)
+        cmd.add_argument("component", choices=ALL_COMPONENTS)
         cmd.add_argument(
             "--which",
             type=int,
@@ -59,7 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     component.add_argument(
         "--index", type=int, default=1, help="instance number of a scalable component or Kafka broker"
     )
+    component.add_argument(
+        "--replica",
+        action="store_true",
+        help="one of the identical containers of a scaled worker service (instance 1's ports)",
+    )
+    component.add_argument(
+        "--join-ray",
+        action="store_true",
+        help="inference: join the Ray cluster as a node without CPUs first (a driver needs a local node)",
+    )
     sub.add_parser("topics", help="create the pipeline's topics (idempotent)")
+    monitoring = sub.add_parser("monitoring-config", help="print the Prometheus configuration of a layout")
+    monitoring.add_argument("--layout", choices=LAYOUTS, default="compose")
     train = sub.add_parser("train", help="train a new model version with the Spark batch layer")
     train.add_argument("--horizon-minutes", type=int, default=60)
     demo = sub.add_parser(
@@ -76,11 +98,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _orchestrated_stack_file(command: str) -> str | None:
+    """A container's component reads the stack file its orchestrator wrote, if there is one.
+
+    The compose backend writes <state>/stack.yaml before it starts containers, so a streaming
+    job started for a benchmark gets the benchmark's windows and trigger; the container's own
+    environment still sets the addresses on top.
+    """
+    if command != "component":
+        return None
+    stack_file = load_config().stack_file
+    return str(stack_file) if stack_file.exists() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(args.config)
+        config = load_config(args.config or _orchestrated_stack_file(args.command))
         if args.command == "demo":
             from pipeline.demo import run_demo
 
@@ -103,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "component":
             from pipeline.stack.local import LocalStack
 
-            proc = LocalStack(config).foreground(args.component, args.index)
+            proc = LocalStack(config).foreground(
+                args.component, args.index, replica=args.replica, join_ray=args.join_ray
+            )
             os.execvpe(proc.argv[0], proc.argv, proc.env or dict(os.environ))
         elif args.command == "topics":
             from pipeline.kafka_topics import TopicError, ensure_pipeline_topics, wait_for_brokers
@@ -118,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{info.name}: {info.partitions} partitions, replication factor {info.replication_factor}"
                 )
+        elif args.command == "monitoring-config":
+            if args.layout == "compose":
+                # The addresses of docker-compose.yml's containers, whatever this shell has set.
+                environ = compose_environment(REPO_ROOT / "docker-compose.yml")
+                print(compose_config_text(load_config(args.config, environ=environ)), end="")
+            else:
+                local = prometheus_config(config, "local", targets_dir(config))
+                print(yaml.safe_dump(local, sort_keys=False), end="")
         elif args.command == "train":
             from pipeline.jobs import run_training
 

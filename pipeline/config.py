@@ -41,12 +41,46 @@ KAFKA_BROKER_COUNTS = (1, 3)
 # broker for up to a minute. Two intervals cover all of that with room to spare.
 LATE_SLACK_MS = 30 * 60_000
 LATE_LIMIT_AUTO = "auto"
+LOOPBACK = "127.0.0.1"
+STACK_BACKENDS = ("local", "compose", "external")
+BACKEND_VARIABLE = "WB_STACK_BACKEND"
+# network.advertise: the address of this host as its name resolves (a container's own IP).
+ADVERTISE_AUTO = "auto"
+
+
+@dataclass
+class NetworkConfig:
+    """How the processes of the stack listen and what address they give of themselves.
+
+    The local backend keeps everything on loopback (the defaults). In containers every server
+    binds all interfaces and advertises its own address; the other components are then reached
+    by the hosts in their sections (kafka.host, spark.master_host, ray.head_host, ...).
+    """
+
+    bind: str = LOOPBACK  # address servers listen on: "0.0.0.0" in a container
+    # This process's address as the others reach it (a Spark driver or worker, a Ray node):
+    # a host name or IP, or "auto" for the address the host's own name resolves to.
+    advertise: str = LOOPBACK
+
+    @property
+    def advertised_address(self) -> str:
+        if self.advertise.strip().lower() != ADVERTISE_AUTO:
+            return self.advertise
+        import socket
+
+        return socket.gethostbyname(socket.gethostname())
 
 
 @dataclass
 class KafkaConfig:
+    # Host of broker i; "{node}" stands for its node number (containers: "kafka-{node}").
+    host: str = LOOPBACK
+    # Bootstrap servers of a cluster this stack did not start ("h1:9092,h2:9092"); empty: the
+    # brokers above, derived from host and the ports.
+    bootstrap: str = ""
     bootstrap_port: int = 19092
     controller_port: int = 19093
+    metrics_port: int = 19094  # the Prometheus JMX exporter agent of node i: this + 10 * (i - 1)
     brokers: int = 1
     heap_mb: int = 512  # per broker
     partitions: int = 4
@@ -65,6 +99,10 @@ class KafkaConfig:
         """KRaft node ids of the brokers, 1..brokers (each node is broker and controller)."""
         return list(range(1, self.brokers + 1))
 
+    def node_host(self, node: int = 1) -> str:
+        """The host broker `node` is reached at."""
+        return self.host.replace("{node}", str(node))
+
     def broker_port(self, node: int = 1) -> int:
         """PLAINTEXT (client) port of broker `node`."""
         return self.bootstrap_port + KAFKA_PORT_STEP * (node - 1)
@@ -73,15 +111,21 @@ class KafkaConfig:
         """CONTROLLER (KRaft quorum) port of node `node`."""
         return self.controller_port + KAFKA_PORT_STEP * (node - 1)
 
+    def node_metrics_port(self, node: int = 1) -> int:
+        """Prometheus port (JMX exporter agent) of node `node`."""
+        return self.metrics_port + KAFKA_PORT_STEP * (node - 1)
+
     @property
     def bootstrap_servers(self) -> str:
         """Every broker's address, so a client still connects while any one broker is down."""
-        return ",".join(f"127.0.0.1:{self.broker_port(node)}" for node in self.node_ids)
+        if self.bootstrap.strip():
+            return self.bootstrap.strip()
+        return ",".join(f"{self.node_host(node)}:{self.broker_port(node)}" for node in self.node_ids)
 
     @property
     def controller_quorum(self) -> str:
         """Every controller's address (controller.quorum.bootstrap.servers)."""
-        return ",".join(f"127.0.0.1:{self.node_controller_port(node)}" for node in self.node_ids)
+        return ",".join(f"{self.node_host(node)}:{self.node_controller_port(node)}" for node in self.node_ids)
 
     @property
     def replication_factor(self) -> int:
@@ -99,6 +143,7 @@ class KafkaConfig:
         return {
             f"kafka broker{suffix}": self.broker_port(node),
             f"kafka controller{suffix}": self.node_controller_port(node),
+            f"kafka metrics{suffix}": self.node_metrics_port(node),
         }
 
     def ports(self) -> dict[str, int]:
@@ -124,6 +169,8 @@ class KafkaConfig:
 
 @dataclass
 class SparkConfig:
+    master_host: str = LOOPBACK  # the standalone master's host, as workers and drivers reach it
+    streaming_host: str = LOOPBACK  # where the streaming job's driver (its UI and metrics) runs
     master_port: int = 7177
     master_ui_port: int = 8090
     worker_ui_port_base: int = 8091
@@ -134,6 +181,7 @@ class SparkConfig:
     executor_memory_mb: int = 512
     driver_memory_mb: int = 768
     driver_ui_port: int = 4050
+    metrics_port: int = 9104  # the streaming job's own series (lag, batch time, state) for Prometheus
     shuffle_partitions: int = 4
     window: str = "5 minutes"
     watermark: str = "1 minute"
@@ -145,7 +193,16 @@ class SparkConfig:
 
     @property
     def master_url(self) -> str:
-        return f"spark://127.0.0.1:{self.master_port}"
+        return f"spark://{self.master_host}:{self.master_port}"
+
+    @property
+    def master_ui_url(self) -> str:
+        return f"http://{self.master_host}:{self.master_ui_port}"
+
+    @property
+    def streaming_ui_url(self) -> str:
+        """The streaming job's driver UI (REST API, Prometheus servlet)."""
+        return f"http://{self.streaming_host}:{self.driver_ui_port}"
 
     @property
     def late_limit_ms(self) -> int:
@@ -163,11 +220,13 @@ class SparkConfig:
 
 @dataclass
 class RayConfig:
+    head_host: str = LOOPBACK
     gcs_port: int = 6390
     dashboard_port: int = 8265
     client_server_port: int = 6391
     worker_port_min: int = 21000
     agent_port_base: int = 52400  # dashboard agent HTTP port of node i is base + i (head: i = 0)
+    metrics_port: int = 9120  # Prometheus port of the head node; worker node i: this + i
     worker_port_max: int = 22999
     include_dashboard: bool = True
     workers: int = 2
@@ -179,11 +238,16 @@ class RayConfig:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.gcs_port}"
+        return f"{self.head_host}:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str | None:
+        return f"http://{self.head_host}:{self.dashboard_port}" if self.include_dashboard else None
 
 
 @dataclass
 class InferenceConfig:
+    host: str = LOOPBACK  # where the inference driver runs (its metrics endpoint)
     consumer_group: str = "weather-inference"
     batch_size: int = 500
     call_timeout_s: float = 60.0
@@ -195,15 +259,53 @@ class InferenceConfig:
     min_actors: int = 2
     metrics_port: int = 9102
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
 
 @dataclass
 class ApiConfig:
+    host: str = LOOPBACK
     port: int = 8088
     consumer_group: str = "weather-api"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass
+class MonitoringConfig:
+    """Prometheus around the stack: the local backend runs a server and a node exporter when enabled.
+
+    Every component exposes its metrics whether or not this is on; `enabled` decides whether
+    `up` also starts Prometheus (Debian's package) to scrape them, and whether benchmark steps
+    read its series.
+    """
+
+    enabled: bool = False
+    prometheus_host: str = LOOPBACK  # where the Prometheus server runs, for queries
+    prometheus_port: int = 9190
+    node_exporter_port: int = 9110  # machine CPU, memory, disk and network
+    harness_port: int = 9108  # a benchmark run's load generator and progress, while it runs
+    producer_port: int = 9106  # `python -m pipeline.producer` (Open-Meteo or load)
+    grafana_port: int = 3300  # docker-compose.yml only
+    scrape_interval_s: int = 5
+    retention: str = "7d"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.prometheus_host}:{self.prometheus_port}"
+
+
+@dataclass
+class ComposeConfig:
+    """The compose backend: which docker compose project's containers it manages, through which engine."""
+
+    project: str = "weatherbench"  # docker-compose.yml's `name`
+    docker_url: str = "unix:///var/run/docker.sock"
+    docker_timeout_s: float = 60.0
 
 
 @dataclass
@@ -233,12 +335,17 @@ class SupervisorConfig:
 @dataclass
 class StackConfig:
     state_dir: Path = field(default_factory=lambda: REPO_ROOT / ".state")
+    # Where the stack runs: local processes, docker compose's containers, or an existing cluster.
+    backend: str = "local"
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    compose: ComposeConfig = field(default_factory=ComposeConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
 
     @property
@@ -276,6 +383,10 @@ class StackConfig:
             "ray client server": self.ray.client_server_port,
             "serving api": self.api.port,
             "inference metrics": self.inference.metrics_port,
+            "spark streaming metrics": self.spark.metrics_port,
+            "ray head metrics": self.ray.metrics_port,
+            "prometheus": self.monitoring.prometheus_port,
+            "node exporter": self.monitoring.node_exporter_port,
         }
         if self.ray.include_dashboard:
             ports["ray dashboard"] = self.ray.dashboard_port
@@ -293,14 +404,18 @@ def service_environ(base: dict[str, str] | None = None) -> dict[str, str]:
 
 
 _SECTIONS = {
+    "network": NetworkConfig,
     "kafka": KafkaConfig,
     "spark": SparkConfig,
     "ray": RayConfig,
     "inference": InferenceConfig,
     "api": ApiConfig,
     "model": ModelConfig,
+    "monitoring": MonitoringConfig,
+    "compose": ComposeConfig,
     "supervisor": SupervisorConfig,
 }
+SECTIONS = tuple(_SECTIONS)  # the configuration's sections, in file order
 
 
 def _coerce(value: Any, target: Any, name: str) -> Any:
@@ -351,21 +466,27 @@ def load_config(
     env = os.environ if environ is None else environ
     layered: dict[str, dict[str, Any]] = {name: dict(raw.get(name) or {}) for name in _SECTIONS}
     state_dir: Any = raw.get("state_dir")
+    backend: Any = raw.get("backend")
     for key, value in env.items():
         match = re.fullmatch(rf"{ENV_PREFIX}([A-Z]+)_([A-Z0-9_]+)", key)
         if key == f"{ENV_PREFIX}STATE_DIR":
             state_dir = value
+        elif key == BACKEND_VARIABLE:
+            backend = value
         elif match and match.group(1).lower() in _SECTIONS:
             layered[match.group(1).lower()][match.group(2).lower()] = value
     for section, values in (overrides or {}).items():
         if section == "state_dir":
             state_dir = values
             continue
+        if section == "backend":
+            backend = values
+            continue
         if section not in _SECTIONS:
             raise ConfigError(f"{section}: unknown configuration section")
         layered[section].update(values)
 
-    unknown = set(raw) - set(_SECTIONS) - {"state_dir"}
+    unknown = set(raw) - set(_SECTIONS) - {"state_dir", "backend"}
     if unknown:
         raise ConfigError(f"unknown configuration section(s): {', '.join(sorted(unknown))}")
     for section, values in layered.items():
@@ -373,12 +494,19 @@ def load_config(
     if state_dir:
         state = Path(state_dir)
         config.state_dir = state if state.is_absolute() else (REPO_ROOT / state)
+    if backend:
+        config.backend = str(backend)
     validate_config(config)
     return config
 
 
 def validate_config(config: StackConfig) -> None:
     """Reject values that cannot work before anything is started."""
+    if config.backend not in STACK_BACKENDS:
+        raise ConfigError(
+            f"backend: {config.backend!r} is not one of {', '.join(STACK_BACKENDS)} "
+            f"(set it with {BACKEND_VARIABLE})"
+        )
     if config.spark.workers < 0 or config.ray.workers < 0:
         raise ConfigError("spark.workers and ray.workers must be >= 0")
     if config.kafka.partitions < 1:
@@ -394,7 +522,13 @@ def validate_config(config: StackConfig) -> None:
     if sup.max_restarts < 0 or sup.restart_window_s <= 0 or sup.stop_timeout_s <= 0:
         raise ConfigError("supervisor.max_restarts must be >= 0, restart_window_s and stop_timeout_s > 0")
     _validate_late_limit(config.spark)
-    ports = config.ports()
+    # Clients of the stack that serve metrics take part in the collision check too.
+    ports = {
+        **config.ports(),
+        "benchmark harness metrics": config.monitoring.harness_port,
+        "producer metrics": config.monitoring.producer_port,
+        "grafana": config.monitoring.grafana_port,
+    }
     seen: dict[int, str] = {}
     for owner, port in ports.items():
         if not 1 <= port <= 65535:

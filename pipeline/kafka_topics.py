@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from pipeline.config import KafkaConfig
@@ -331,3 +331,20 @@ def usable_messages(messages: Sequence[Any], on_error: Callable[[KafkaError], No
         else:
             on_error(error)
     return good
+
+
+def assigned_lag(consumer: Any, timeout_s: float = 5.0) -> dict[int, int] | None:
+    """Records behind the high watermark per assigned partition, from the group's committed offsets.
+
+    None while the consumer has no assignment (before its first rebalance). One request per
+    partition; raises KafkaException when the broker cannot answer.
+    """
+    assignment = consumer.assignment()
+    if not assignment:
+        return None
+    lag: dict[int, int] = {}
+    for tp in consumer.committed(assignment, timeout=timeout_s):
+        low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+        position = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else low
+        lag[tp.partition] = max(0, high - position)
+    return lag

@@ -194,9 +194,10 @@ def submit_settings(
     java_options = f"-Dlog4j2.configurationFile=file:{log_config} -Djava.net.preferIPv4Stack=true"
     spark = config.spark
     conf: dict[str, Any] = {
-        # Loopback only: the whole stack runs on one host and must not depend on its DNS name.
-        "spark.driver.host": "127.0.0.1",
-        "spark.driver.bindAddress": "127.0.0.1",
+        # Loopback by default (the whole stack on one host, independent of its DNS name); in a
+        # container the driver advertises its own address for the executors to call back.
+        "spark.driver.host": config.network.advertised_address,
+        "spark.driver.bindAddress": config.network.bind,
         "spark.ui.port": ui_port,
         "spark.sql.shuffle.partitions": spark.shuffle_partitions,
         # Epoch-ms stamps are UTC; keep timestamp rendering and parsing independent of the host zone.
@@ -275,7 +276,7 @@ def spark_env(config: StackConfig, base: Mapping[str, str] | None = None) -> dic
     env.update(
         {
             "SPARK_HOME": str(pyspark_home()),
-            "SPARK_LOCAL_IP": "127.0.0.1",
+            "SPARK_LOCAL_IP": config.network.advertised_address,
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
             "PYTHONPATH": os.pathsep.join(dict.fromkeys(python_path)),

@@ -1,6 +1,6 @@
 """Run the serving API: ``python -m pipeline.api --config <stack.yaml>``.
 
-One uvicorn worker on 127.0.0.1:<api.port>. uvicorn turns SIGTERM/SIGINT into
+One uvicorn worker on <network.bind>:<api.port>. uvicorn turns SIGTERM/SIGINT into
 a graceful shutdown: in-flight requests finish, then the application's
 lifespan stops the Kafka consumer thread (its current batch is stored and
 committed first) and closes the database; the process then exits 0. Exit
@@ -29,7 +29,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", type=Path, default=None, help="stack YAML (default include/stack/local.yaml)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument(
+        "--host", default=None, help="bind address (default: network.bind of the configuration)"
+    )
     parser.add_argument(
         "--port", type=int, default=None, help="port (default: api.port of the configuration)"
     )
@@ -57,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=args.host,
+            host=args.host or config.network.bind,
             port=port,
             workers=1,
             log_level=args.log_level.lower(),

@@ -28,7 +28,6 @@ from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    OFFSET_INVALID,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaException,
@@ -37,7 +36,7 @@ from confluent_kafka import (
 
 from pipeline.api.store import Incoming, PredictionStore, UpsertResult, validate_record
 from pipeline.config import StackConfig
-from pipeline.kafka_topics import usable_messages
+from pipeline.kafka_topics import assigned_lag, usable_messages
 from pipeline.schema import now_ms
 
 log = logging.getLogger("pipeline.api.consumer")
@@ -274,18 +273,12 @@ class PredictionConsumer:
 
     def _update_lag(self) -> None:
         """Records behind the high watermark over the assigned partitions (cheap: one request each)."""
-        assignment = self._consumer.assignment()
-        if not assignment:
-            self._set(lag=None, lag_by_partition=None, lag_time_ms=now_ms())
-            return
         try:
-            committed = self._consumer.committed(assignment, timeout=5.0)
-            per_partition: dict[int, int] = {}
-            for tp in committed:
-                low, high = self._consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
-                position = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else low
-                per_partition[tp.partition] = max(0, high - position)
+            per_partition = assigned_lag(self._consumer)
         except KafkaException as exc:
             log.debug("lag query failed: %s", exc)
+            return
+        if per_partition is None:
+            self._set(lag=None, lag_by_partition=None, lag_time_ms=now_ms())
             return
         self._set(lag=sum(per_partition.values()), lag_by_partition=per_partition, lag_time_ms=now_ms())

@@ -17,7 +17,7 @@ guarantee, and the driver process itself:
   at-least-once, with duplicates counted downstream by (station, window);
 * watch <model_dir>/CURRENT and roll a new version out to the actors;
 * write periodic stats as JSON lines to <state_dir>/logs/inference-stats.jsonl
-  and serve Prometheus metrics on 127.0.0.1:--metrics-port (default
+  and serve Prometheus metrics on <network.bind>:--metrics-port (default
   inference.metrics_port; 0 disables). The port opens only once an actor is
   ready and the consumer has subscribed, so "port open" means "driver ready";
 * SIGTERM/SIGINT: finish the in-flight batch, commit, close, exit 0. If the
@@ -62,7 +62,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_se
 from prometheus_client import Counter as PromCounter
 
 from pipeline.config import REPO_ROOT, ConfigError, StackConfig, load_config
-from pipeline.kafka_topics import usable_messages
+from pipeline.kafka_topics import assigned_lag, usable_messages
 from pipeline.model import ModelError, current_version, model_path
 from pipeline.schema import FEATURE_FIELDS, WEATHER_FIELDS, encode, now_ms, window_key
 
@@ -298,6 +298,11 @@ class DriverMetrics:
             "Epoch ms of the last offset commit",
             registry=self.registry,
         )
+        self.consumer_lag = Gauge(
+            "weather_inference_consumer_lag",
+            "Records behind on weather-features (committed offsets of the driver's group)",
+            registry=self.registry,
+        )
 
     def add(self, name: str, amount: int = 1) -> None:
         if amount:
@@ -430,6 +435,7 @@ class InferenceDriver:
             self.check_model()
             self._next_model = now + self.model_check_s
         if now >= self._next_stats:
+            self.update_lag()
             self.write_stats()
             self._next_stats = now + self.stats_interval_s
 
@@ -588,6 +594,15 @@ class InferenceDriver:
         if self.pool.target_version is not None:
             self.metrics.model_version.set(self.pool.target_version)
 
+    def update_lag(self) -> None:
+        """The consumer group's lag as a gauge (NaN before the first assignment)."""
+        try:
+            lag = assigned_lag(self.consumer)
+        except (KafkaException, RuntimeError) as exc:  # a broker restart: try again next interval
+            log.debug("lag query failed: %s", exc)
+            return
+        self.metrics.consumer_lag.set(float("nan") if lag is None else sum(lag.values()))
+
     def update_gauges(self) -> dict[str, Any]:
         """Refresh the pool gauges; returns the pool snapshot they came from."""
         pool = self.pool.snapshot()
@@ -702,7 +717,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=None,
-        help=f"Prometheus port on 127.0.0.1 (default: inference.metrics_port, else {DEFAULT_METRICS_PORT}; "
+        help=f"Prometheus port (default inference.metrics_port, else {DEFAULT_METRICS_PORT}; "
         "0 disables). It opens once an actor is ready and the consumer subscribed: a readiness signal.",
     )
     parser.add_argument(
@@ -826,11 +841,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Opened last on purpose: the stack runtime takes the open port as "driver ready".
             try:
                 metrics_server, _ = start_http_server(
-                    metrics_port, addr="127.0.0.1", registry=metrics.registry
+                    metrics_port, addr=config.network.bind, registry=metrics.registry
                 )
             except OSError as exc:
-                raise StartupError(f"cannot serve metrics on 127.0.0.1:{metrics_port}: {exc}") from exc
-            log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", metrics_port)
+                raise StartupError(
+                    f"cannot serve metrics on {config.network.bind}:{metrics_port}: {exc}"
+                ) from exc
+            log.info("Prometheus metrics on http://%s:%d/metrics", config.network.bind, metrics_port)
         log.info(
             "consuming %s as group %s, producing %s (batch %d, call timeout %.0f s)",
             config.kafka.features_topic,

@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 
 import yaml
+from prometheus_client import start_http_server
 
 from pipeline.config import REPO_ROOT, load_config
 from pipeline.producer.loadgen import LoadSpec, run_open_loop
 from pipeline.producer.observations import make_source
 from pipeline.producer.openmeteo import DEFAULT_BASE_URL, OpenMeteoClient, OpenMeteoError, Station
-from pipeline.producer.producer import WeatherProducer
+from pipeline.producer.producer import ProducerMetrics, WeatherProducer
 
 log = logging.getLogger("pipeline.producer")
 DEFAULT_STATIONS = REPO_ROOT / "include" / "stations" / "openmeteo.yaml"
@@ -67,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.producer", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="stack configuration YAML")
     parser.add_argument("--topic", help="target topic (default: the raw topic of the configuration)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus port (default monitoring.producer_port; 0 disables)",
+    )
     sub = parser.add_subparsers(dest="mode", required=True)
     live = sub.add_parser("live", help="poll Open-Meteo for current conditions")
     live.add_argument("--stations-file", type=Path, default=DEFAULT_STATIONS)
@@ -82,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     config = load_config(args.config)
-    producer = WeatherProducer(config.kafka.bootstrap_servers, args.topic or config.kafka.raw_topic)
+    metrics = ProducerMetrics()
+    metrics_port = config.monitoring.producer_port if args.metrics_port is None else args.metrics_port
+    if metrics_port:
+        start_http_server(metrics_port, addr=config.network.bind, registry=metrics.registry)
+    producer = WeatherProducer(
+        config.kafka.bootstrap_servers, args.topic or config.kafka.raw_topic, metrics=metrics
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

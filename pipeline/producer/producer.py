@@ -4,7 +4,9 @@ Owns the per-station sequence numbers (gap-free from 0), the trace stamps of
 a raw message (`intended_time`, `ingestion_time`), the idempotent Kafka
 producer, and the delivery ledger: which (station, seq) Kafka acknowledged,
 when, to which partition, and with which broker append time. Loss and
-latency accounting downstream is matched against this ledger.
+latency accounting downstream is matched against this ledger. The same deliveries
+feed Prometheus series (`ProducerMetrics`) wherever a producer runs: the producer
+command and the benchmark harness.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from pipeline.schema import encode, now_ms, raw_key
 
@@ -50,13 +53,48 @@ class DeliveryLedger:
         return {(station, seq) for station, seqs in self.acked.items() for seq in seqs}
 
 
+class ProducerMetrics:
+    """Prometheus series of one process's producers: sent, acknowledged, failed, ack latency, T1."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        buckets = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+        self.sent = Counter("weather_producer_sent", "Records handed to the producer", registry=self.registry)
+        self.acked = Counter(
+            "weather_producer_acked", "Observations acknowledged by Kafka", registry=self.registry
+        )
+        self.failed = Counter(
+            "weather_producer_failed", "Observations Kafka did not acknowledge", registry=self.registry
+        )
+        self.bytes = Counter(
+            "weather_producer_acked_bytes", "Bytes of acknowledged observations", registry=self.registry
+        )
+        self.ack_latency = Histogram(
+            "weather_producer_ack_latency_seconds",
+            "produce() -> broker acknowledgement",
+            buckets=buckets,
+            registry=self.registry,
+        )
+        self.t1 = Histogram(
+            "weather_producer_t1_seconds",
+            "T1: ingestion time -> Kafka append time",
+            buckets=buckets,
+            registry=self.registry,
+        )
+
+
 class WeatherProducer:
     """Idempotent producer of raw observations to one topic."""
 
     def __init__(
-        self, bootstrap_servers: str, topic: str, extra_config: dict[str, Any] | None = None
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        extra_config: dict[str, Any] | None = None,
+        metrics: ProducerMetrics | None = None,
     ) -> None:
         self.topic = topic
+        self.metrics = metrics
         self.ledger = DeliveryLedger()
         self._next_seq: dict[str, int] = defaultdict(int)
         config = {
@@ -110,6 +148,8 @@ class WeatherProducer:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if on_result is not None:
                 on_result(err, msg)
+            if trace and self.metrics is not None:
+                self._observe(err, msg, len(payload), trace[2])
             with self.ledger._lock:
                 if err is not None:
                     if trace:
@@ -135,7 +175,24 @@ class WeatherProducer:
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.05)
+        if self.metrics is not None:
+            self.metrics.sent.inc()
         self._producer.poll(0)
+
+    def _observe(self, err: KafkaError | None, msg: Message, size: int, ingestion_ms: int) -> None:
+        metrics = self.metrics
+        assert metrics is not None
+        if err is not None:
+            metrics.failed.inc()
+            return
+        metrics.acked.inc()
+        metrics.bytes.inc(size)
+        latency = msg.latency()
+        if latency is not None:
+            metrics.ack_latency.observe(latency)
+        _, append_ms = msg.timestamp()
+        if append_ms > 0:
+            metrics.t1.observe(max(0, append_ms - ingestion_ms) / 1000)
 
     def poll(self, timeout_s: float = 0) -> None:
         self._producer.poll(timeout_s)

@@ -30,6 +30,11 @@ SCALABLE = (SPARK_WORKER, RAY_WORKER)
 # The services of the pipeline itself, on top of the infrastructure.
 SERVICES = (STREAMING_JOB, INFERENCE, API)
 INFRASTRUCTURE = (KAFKA, SPARK_MASTER, SPARK_WORKER, RAY_HEAD, RAY_WORKER)
+# Monitoring beside the pipeline: started by `up` when monitoring.enabled (see stack/monitoring.py).
+PROMETHEUS = "prometheus"
+NODE_EXPORTER = "node-exporter"
+MONITORING = (PROMETHEUS, NODE_EXPORTER)
+ALL_COMPONENTS = COMPONENTS + MONITORING
 
 
 class StackError(RuntimeError):
@@ -111,6 +116,19 @@ class Stack(abc.ABC):
     @abc.abstractmethod
     def restart(self, component: str, which: int | None = None) -> None:
         """Start a stopped or killed instance again (or stop and start a running one)."""
+
+    def container_usage(self) -> dict[str, list[tuple[str, float, int]]]:
+        """(container, CPU seconds used, memory in use) per running container, by component.
+
+        Backends whose components are not containers return an empty mapping.
+        """
+        return {}
+
+    def unsupported(self, change: str) -> str | None:
+        """Why this backend cannot make a change to the stack ("scale", "faults", "brokers",
+        "partitions"), or None when it can: asked before a step, so the step is skipped with
+        the reason instead of failing half-way."""
+        return None
 
     def supervised(self, component: str) -> bool:
         """Whether this backend starts the component again by itself after its process dies.

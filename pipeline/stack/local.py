@@ -37,7 +37,9 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -50,10 +52,14 @@ from pathlib import Path
 
 from pipeline.config import REPO_ROOT, StackConfig, service_environ
 from pipeline.stack.base import (
+    ALL_COMPONENTS,
     API,
     COMPONENTS,
     INFERENCE,
     KAFKA,
+    MONITORING,
+    NODE_EXPORTER,
+    PROMETHEUS,
     RAY_HEAD,
     RAY_WORKER,
     SCALABLE,
@@ -68,6 +74,14 @@ from pipeline.stack.base import (
     StackStatus,
     UnsupportedOperation,
     check_component,
+)
+from pipeline.stack.monitoring import (
+    MonitoringError,
+    PrometheusClient,
+    node_exporter_argv,
+    prometheus_argv,
+    write_local_config,
+    write_worker_targets,
 )
 from pipeline.stack.process import (
     ManagedProcess,
@@ -92,7 +106,20 @@ DOWN_ORDER = (
     SPARK_WORKER,
     SPARK_MASTER,
     KAFKA,
+    # Last: it watches the others stop.
+    *MONITORING,
 )
+
+
+# Master: /metrics/master/prometheus (workers, apps) and /metrics/applications/prometheus;
+# worker: /metrics/prometheus (cores and memory in use, executors).
+SPARK_DAEMON_METRICS = """\
+*.sink.prometheusServlet.class=org.apache.spark.metrics.sink.PrometheusServlet
+*.sink.prometheusServlet.path=/metrics/prometheus
+master.sink.prometheusServlet.path=/metrics/master/prometheus
+applications.sink.prometheusServlet.path=/metrics/applications/prometheus
+"""
+KAFKA_JMX_EXPORTER_CONFIG = REPO_ROOT / "include" / "kafka" / "jmx-exporter.yaml"
 
 
 def _http_json(url: str, timeout: float = 2.0) -> object:
@@ -164,7 +191,7 @@ class LocalStack(Stack):
         # (a stray ~/.ray/auth_token would otherwise switch token auth on for some).
         env["RAY_AUTH_MODE"] = "disabled"
         env["RAY_USAGE_STATS_ENABLED"] = "0"
-        env["SPARK_LOCAL_IP"] = "127.0.0.1"
+        env["SPARK_LOCAL_IP"] = self.config.network.advertised_address
         return env
 
     def _instances(self, component: str) -> list[int]:
@@ -234,6 +261,7 @@ class LocalStack(Stack):
         for three), so the same properties serve both sizes.
         """
         k = self.config.kafka
+        bind = self.config.network.bind
         replicas = str(k.replication_factor)
         min_isr = str(k.min_insync_replicas)
         return {
@@ -241,10 +269,9 @@ class LocalStack(Stack):
             "node.id": str(node),
             "controller.quorum.bootstrap.servers": k.controller_quorum,
             "listeners": (
-                f"PLAINTEXT://127.0.0.1:{k.broker_port(node)},"
-                f"CONTROLLER://127.0.0.1:{k.node_controller_port(node)}"
+                f"PLAINTEXT://{bind}:{k.broker_port(node)},CONTROLLER://{bind}:{k.node_controller_port(node)}"
             ),
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{k.broker_port(node)}",
+            "advertised.listeners": f"PLAINTEXT://{k.node_host(node)}:{k.broker_port(node)}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -287,13 +314,27 @@ class LocalStack(Stack):
             *args,
         ]
 
+    def _jmx_exporter_jar(self, required: bool = True) -> Path | None:
+        """The Prometheus JMX exporter agent every broker runs with (its MBeans as Prometheus text)."""
+        folder = self.config.jars_dir / "jmx-exporter"
+        jars = sorted(folder.glob("jmx_prometheus_javaagent-*.jar"))
+        if not jars and required:
+            raise StackError(
+                f"Prometheus JMX exporter agent not found in {folder}: run `make setup` (Maven fetches it)"
+            )
+        return jars[-1] if jars else None
+
     def _kafka(self, node: int = 1) -> ManagedProcess:
         props = self._kafka_node_dir(node) / "server.properties"
-        return self._proc(
-            self._kafka_node_name(node),
-            self._java(self.config.kafka.heap_mb, "kafka.Kafka", str(props)),
-            self._base_env(),
-        )
+        argv = self._java(self.config.kafka.heap_mb, "kafka.Kafka", str(props))
+        # Only a start needs the agent (it checks); status and stop build the command too.
+        agent = self._jmx_exporter_jar(required=False)
+        if agent is not None:
+            port = self.config.kafka.node_metrics_port(node)
+            argv.insert(
+                1, f"-javaagent:{agent}={self.config.network.bind}:{port}:{KAFKA_JMX_EXPORTER_CONFIG}"
+            )
+        return self._proc(self._kafka_node_name(node), argv, self._base_env())
 
     def _prepare_kafka(self) -> None:
         """Write every node's server.properties; format the storage on first use (KRaft needs a cluster id).
@@ -331,7 +372,9 @@ class LocalStack(Stack):
                 quorum = "--standalone"
             else:
                 k = self.config.kafka
-                voters = ",".join(f"{n}@127.0.0.1:{k.node_controller_port(n)}:{_kafka_uuid()}" for n in nodes)
+                voters = ",".join(
+                    f"{n}@{k.node_host(n)}:{k.node_controller_port(n)}:{_kafka_uuid()}" for n in nodes
+                )
                 quorum = f"--initial-controllers={voters}"
             with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
                 for future in [pool.submit(self._format_kafka_node, n, cluster_id, quorum) for n in nodes]:
@@ -377,6 +420,7 @@ class LocalStack(Stack):
         starting = [node for node, proc in procs.items() if not proc.is_running()]
         if not starting:
             return
+        self._jmx_exporter_jar()
         self._check_ports({owner: port for n in starting for owner, port in k.node_ports(n).items()})
         self._prepare_kafka()
         # All nodes start before any is waited for: no node finishes starting (registers as
@@ -434,8 +478,17 @@ class LocalStack(Stack):
         ensure_pipeline_topics(self.config.kafka)
 
     # ------------------------------------------------------------------ Spark
+    def _spark_metrics_conf(self) -> Path:
+        """metrics.properties of the Spark daemons: Prometheus text on the master's and workers' UIs."""
+        path = self.state / "spark" / "conf" / "metrics.properties"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != SPARK_DAEMON_METRICS:
+            path.write_text(SPARK_DAEMON_METRICS)
+        return path
+
     def _spark_env(self) -> dict[str, str]:
         env = self._base_env()
+        env["SPARK_DAEMON_JAVA_OPTS"] = f"-Dspark.metrics.conf={self._spark_metrics_conf()}"
         env["SPARK_DAEMON_MEMORY"] = f"{self.config.spark.daemon_heap_mb}m"
         env["SPARK_LOG_DIR"] = str(self.log_dir)
         env["SPARK_NO_DAEMONIZE"] = "1"
@@ -447,8 +500,9 @@ class LocalStack(Stack):
         argv = [
             str(VENV_BIN / "spark-class"),
             "org.apache.spark.deploy.master.Master",
+            # The master binds the address of its own host name: the name in the master URL.
             "--host",
-            "127.0.0.1",
+            s.master_host,
             "--port",
             str(s.master_port),
             "--webui-port",
@@ -468,15 +522,16 @@ class LocalStack(Stack):
     def _spark_recovery_dir(self) -> Path:
         return self.state / "spark" / "recovery"
 
-    def _spark_worker(self, index: int) -> ManagedProcess:
+    def _spark_worker(self, index: int, replica: str = "") -> ManagedProcess:
+        """Worker `index`; a `replica` (a container's name) keeps index 1's ports, its own work dir."""
         s = self.config.spark
-        work_dir = self.state / "spark" / f"worker-{index}"
+        work_dir = self.state / "spark" / f"worker-{replica or index}"
         argv = [
             str(VENV_BIN / "spark-class"),
             "org.apache.spark.deploy.worker.Worker",
             s.master_url,
             "--host",
-            "127.0.0.1",
+            self.config.network.advertised_address,
             "--cores",
             str(s.worker_cores),
             "--memory",
@@ -489,7 +544,7 @@ class LocalStack(Stack):
         return self._proc(f"{SPARK_WORKER}-{index}", argv, self._spark_env())
 
     def spark_master_state(self) -> dict:
-        return _http_json(f"http://127.0.0.1:{self.config.spark.master_ui_port}/json/")  # type: ignore[return-value]
+        return _http_json(f"{self.config.spark.master_ui_url}/json/")  # type: ignore[return-value]
 
     def _alive_spark_worker_ports(self) -> set[int]:
         state = self.spark_master_state()
@@ -545,7 +600,7 @@ class LocalStack(Stack):
             "--head",
             "--block",
             "--disable-usage-stats",
-            "--node-ip-address=127.0.0.1",
+            f"--node-ip-address={self.config.network.advertised_address}",
             f"--port={r.gcs_port}",
             "--num-cpus=0",  # no actors on the head: workers are what we scale
             f"--dashboard-agent-listen-port={r.agent_port_base}",
@@ -553,14 +608,16 @@ class LocalStack(Stack):
             f"--max-worker-port={r.worker_port_max}",
             f"--object-store-memory={r.head_object_store_mb * 1_000_000}",
             f"--include-dashboard={'true' if r.include_dashboard else 'false'}",
-            "--dashboard-host=127.0.0.1",
+            f"--dashboard-host={self.config.network.bind}",
             f"--dashboard-port={r.dashboard_port}",
             f"--ray-client-server-port={r.client_server_port}",
+            f"--metrics-export-port={r.metrics_port}",
             f"--temp-dir={self.ray_temp_dir()}",
         ]
         return self._proc(RAY_HEAD, argv, self._ray_env())
 
-    def _ray_worker(self, index: int) -> ManagedProcess:
+    def _ray_worker(self, index: int, replica: str = "") -> ManagedProcess:
+        """Worker node `index`; a `replica` (a container's name) keeps index 1's ports."""
         r = self.config.ray
         argv = [
             str(VENV_BIN / "ray"),
@@ -568,14 +625,15 @@ class LocalStack(Stack):
             "--block",
             "--disable-usage-stats",
             f"--address={r.address}",
-            "--node-ip-address=127.0.0.1",
+            f"--node-ip-address={self.config.network.advertised_address}",
             f"--num-cpus={r.worker_cpus}",
             # Nodes on one host each need their own agent port (the default is shared).
             f"--dashboard-agent-listen-port={r.agent_port_base + index}",
             f"--min-worker-port={r.worker_port_min}",
             f"--max-worker-port={r.worker_port_max}",
             f"--object-store-memory={r.worker_object_store_mb * 1_000_000}",
-            f"--resources={json.dumps({f'wb_ray_worker_{index}': 1})}",
+            f"--metrics-export-port={r.metrics_port + index}",
+            f"--resources={json.dumps({f'wb_ray_worker_{replica or index}': 1})}",
         ]
         return self._proc(f"{RAY_WORKER}-{index}", argv, self._ray_env())
 
@@ -687,7 +745,12 @@ class LocalStack(Stack):
         proc = self._streaming_job()
         if proc.is_running():
             return
-        self._check_ports({"spark streaming driver ui": self.config.spark.driver_ui_port})
+        self._check_ports(
+            {
+                "spark streaming driver ui": self.config.spark.driver_ui_port,
+                "spark streaming metrics": self.config.spark.metrics_port,
+            }
+        )
         started = time.time()
         proc.start()
         proc.wait_healthy(
@@ -714,12 +777,49 @@ class LocalStack(Stack):
             lambda: _http_json(f"{self.config.api.url}/health", timeout=2) is not None, 60, "the serving API"
         )
 
+    # ------------------------------------------------------------------ monitoring
+    def _prometheus(self) -> ManagedProcess:
+        return self._proc(PROMETHEUS, prometheus_argv(self.config, write_local_config(self.config)))
+
+    def _node_exporter(self) -> ManagedProcess:
+        return self._proc(NODE_EXPORTER, node_exporter_argv(self.config))
+
+    def _write_worker_targets(self) -> None:
+        """Prometheus's list of workers: the instances that run now (a removed one is not 'down')."""
+        if self.config.monitoring.enabled:
+            write_worker_targets(self.config, self._instances(SPARK_WORKER), self._instances(RAY_WORKER))
+
+    def _start_monitoring(self) -> None:
+        m = self.config.monitoring
+        self._write_worker_targets()
+        try:
+            exporter, server = self._node_exporter(), self._prometheus()
+        except MonitoringError as exc:
+            raise StackError(str(exc)) from None
+        for name, proc, port in (
+            ("node exporter", exporter, m.node_exporter_port),
+            ("prometheus", server, m.prometheus_port),
+        ):
+            if proc.is_running():
+                continue
+            self._check_ports({name: port})
+            proc.start()
+        client = PrometheusClient(m.prometheus_url)
+        server.wait_healthy(client.ready, 60, "Prometheus to be ready")
+        exporter.wait_healthy(lambda: port_in_use(m.node_exporter_port), 30, "the node exporter")
+
     # ------------------------------------------------------------------ foreground (containers)
-    def foreground(self, component: str, index: int = 1) -> ManagedProcess:
+    def foreground(
+        self, component: str, index: int = 1, replica: bool = False, join_ray: bool = False
+    ) -> ManagedProcess:
         """The process of one instance, prepared to run in the foreground (one per container).
 
         docker-compose.yml runs each component through this, so a container runs exactly
-        the command the local backend would, with the same configuration.
+        the command the local backend would, with the same configuration. `replica`: one of
+        the identical containers of a scaled worker service, which cannot know an index: it
+        takes instance 1's ports (each container has its own) and its host name for the rest.
+        `join_ray`: the inference driver first joins the Ray cluster as a node without CPUs,
+        since a Ray driver needs a node on its own host (the head runs in another container).
         """
         check_component(component)
         self.state.mkdir(parents=True, exist_ok=True)
@@ -728,11 +828,15 @@ class LocalStack(Stack):
             # Container i runs node i; every container formats under the same lock, so
             # the first to get there formats the whole cluster and the others find it done.
             self._check_kafka_node(index)
+            self._jmx_exporter_jar()
             self._prepare_kafka()
             return self._kafka(index)
         if component in SCALABLE:
-            (self.state / "spark" / f"worker-{index}").mkdir(parents=True, exist_ok=True)
-            return self._scalable_proc(component, index)
+            name = socket.gethostname() if replica else ""
+            (self.state / "spark" / f"worker-{name or index}").mkdir(parents=True, exist_ok=True)
+            if component == SPARK_WORKER:
+                return self._spark_worker(1 if replica else index, name)
+            return self._ray_worker(1 if replica else index, name)
         builders: dict[str, Callable[[], ManagedProcess]] = {
             SPARK_MASTER: self._spark_master,
             RAY_HEAD: self._ray_head,
@@ -742,16 +846,38 @@ class LocalStack(Stack):
         }
         proc = builders[component]()
         # A container's restart policy is its supervisor: run the service itself in the foreground.
-        return proc.unsupervised() if isinstance(proc, SupervisedProcess) else proc
+        proc = proc.unsupervised() if isinstance(proc, SupervisedProcess) else proc
+        if component == INFERENCE and join_ray:
+            join = shlex.join(self._ray_join_argv())
+            proc.argv = ["sh", "-c", f"{join} && exec {shlex.join(proc.argv)}"]
+        return proc
+
+    def _ray_join_argv(self) -> list[str]:
+        """`ray start` of a node without CPUs on this host, returning once it has joined."""
+        r = self.config.ray
+        return [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--disable-usage-stats",
+            f"--address={r.address}",
+            f"--node-ip-address={self.config.network.advertised_address}",
+            "--num-cpus=0",
+            f"--object-store-memory={r.worker_object_store_mb * 1_000_000}",
+            f"--metrics-export-port={r.metrics_port + 1}",
+        ]
 
     # ------------------------------------------------------------------ Stack API
     def up(self, components: tuple[str, ...] = COMPONENTS) -> None:
         for component in components:
-            check_component(component)
+            check_component(component, ALL_COMPONENTS)
         if {KAFKA, SPARK_MASTER, SPARK_WORKER, STREAMING_JOB} & set(components) and java_major_version() < 17:
             raise StackError("Java 17 or newer is required (Kafka 4 and Spark 4)")
         self.state.mkdir(parents=True, exist_ok=True)
         self.config.dump()
+        monitoring = [c for c in components if c in MONITORING]
+        if self.config.monitoring.enabled or monitoring:
+            # First, so Prometheus sees every other component come up.
+            self._run_steps([("monitoring", self._start_monitoring)])
         # Kafka, Spark and Ray do not depend on each other: their chains start in
         # parallel (JVM and Ray start-up is mostly waiting). Services need all three.
         chains: list[list[tuple[str, Callable[[], None]]]] = []
@@ -771,6 +897,7 @@ class LocalStack(Stack):
         with ThreadPoolExecutor(max_workers=max(1, len(chains))) as pool:
             for future in [pool.submit(self._run_steps, chain) for chain in chains]:
                 future.result()
+        self._write_worker_targets()
         starters = {
             STREAMING_JOB: self._start_streaming_job,
             INFERENCE: self._start_inference,
@@ -863,6 +990,7 @@ class LocalStack(Stack):
             (RAY_HEAD, self._ray_head()),
             *instances(RAY_WORKER),
             *[(service, self._pid_only(service)) for service in SERVICES],
+            *[(name, self._pid_only(name)) for name in MONITORING],
         ]
 
     def _pid_only(self, name: str) -> ManagedProcess:
@@ -878,7 +1006,9 @@ class LocalStack(Stack):
             backend=self.backend,
             extra={"state_dir": str(self.state), "kafka_bootstrap_servers": k.bootstrap_servers},
         )
-        details = {self._kafka_node_name(n): f"node {n}, 127.0.0.1:{k.broker_port(n)}" for n in k.node_ids}
+        details = {
+            self._kafka_node_name(n): f"node {n}, {k.node_host(n)}:{k.broker_port(n)}" for n in k.node_ids
+        }
         for component, proc in self._all_procs():
             members = proc.members()
             rss = 0
@@ -959,9 +1089,10 @@ class LocalStack(Stack):
         else:
             self.config.ray.workers = count
         self.config.dump()
+        self._write_worker_targets()
 
     def _resolve(self, component: str, which: int | None) -> ManagedProcess:
-        check_component(component)
+        check_component(component, ALL_COMPONENTS)
         if component in SCALABLE:
             running = self._instances(component)
             if which is None:
@@ -982,6 +1113,8 @@ class LocalStack(Stack):
             STREAMING_JOB: lambda: self._pid_only(STREAMING_JOB),
             INFERENCE: lambda: self._pid_only(INFERENCE),
             API: lambda: self._pid_only(API),
+            PROMETHEUS: self._prometheus,
+            NODE_EXPORTER: self._node_exporter,
         }[component]()
 
     def kill(self, component: str, which: int | None = None, graceful: bool = False) -> str:

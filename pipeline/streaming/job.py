@@ -37,14 +37,15 @@ from types import FrameType
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from prometheus_client import start_http_server
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from pipeline import schema
-from pipeline.config import StackConfig, load_config
-from pipeline.streaming.progress import ProgressPublisher
+from pipeline.config import StackConfig, duration_ms, load_config
+from pipeline.streaming.progress import ProgressMetrics, ProgressPublisher
 from pipeline.streaming.validation import REQUIRED_SQL_CONF, split_valid
 
 log = logging.getLogger("pipeline.streaming.job")
@@ -87,6 +88,8 @@ def build_session(config: StackConfig) -> SparkSession:
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.streaming.metricsEnabled", "true")
         .config("spark.ui.prometheus.enabled", "true")
+        # Series named after the application, not its id, so they survive a restart.
+        .config("spark.metrics.namespace", "weather_streaming")
         # Driver metrics (incl. the streaming ones above) as Prometheus text on the driver UI.
         .config(
             "spark.metrics.conf.driver.sink.prometheusServlet.class",
@@ -269,8 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NO_TOPIC
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     spark = build_session(config)
+    metrics = ProgressMetrics(duration_ms(config.spark.trigger) / 1000)
+    if config.spark.metrics_port:
+        start_http_server(config.spark.metrics_port, addr=config.network.bind, registry=metrics.registry)
     listener = ProgressPublisher(
-        bootstrap, config.kafka.progress_topic, config.state_dir / "logs" / "spark-progress.jsonl"
+        bootstrap,
+        config.kafka.progress_topic,
+        config.state_dir / "logs" / "spark-progress.jsonl",
+        metrics=metrics,
     )
     spark.streams.addListener(listener)
     log.info(

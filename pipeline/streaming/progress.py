@@ -6,7 +6,9 @@ size are known only from StreamingQueryListener progress events. Each event is
 reduced to the fields the benchmarks use (`compact_progress`, pure and unit
 tested) and published to the progress topic (confluent_kafka producer) and
 appended to <state_dir>/logs/spark-progress.jsonl (read by the stack runtime's
-readiness check and by the report when Kafka is unavailable).
+readiness check and by the report when Kafka is unavailable). The same records
+feed Prometheus series (`ProgressMetrics`, served by the job on spark.metrics_port):
+lag, batch time against the trigger interval, rows, state size, watermark delay.
 
 Records: {"event": "progress" | "started" | "idle" | "terminated", "name", "id", "runId",
 "received_at_ms", ...}. Progress records add batchId, timestamp (ISO, batch
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from pyspark.sql.streaming import StreamingQueryListener
 from pyspark.sql.streaming.listener import (
     QueryIdleEvent,
@@ -136,6 +139,78 @@ def compact_progress(progress: dict[str, Any], received_at_ms: int) -> dict[str,
     return record
 
 
+def lag_records(record: dict[str, Any]) -> int:
+    """Records the query had not read yet when its batch ran: latest minus end offset, summed.
+
+    Spark commits no consumer-group offsets, so this is the Spark stage's consumer lag.
+    """
+    lag = 0
+    for source in record.get("sources") or []:
+        latest, end = source.get("latestOffset"), source.get("endOffset")
+        if not isinstance(latest, dict) or not isinstance(end, dict):
+            continue
+        for topic, partitions in latest.items():
+            done = end.get(topic) or {}
+            for partition, offset in partitions.items():
+                lag += max(0, int(offset) - int(done.get(partition, 0)))
+    return lag
+
+
+class ProgressMetrics:
+    """Prometheus series of the streaming queries, updated from each compact progress record."""
+
+    def __init__(self, trigger_s: float, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        labels = ["query"]
+
+        def gauge(name: str, text: str) -> Gauge:
+            return Gauge(f"weather_spark_{name}", text, labels, registry=self.registry)
+
+        def counter(name: str, text: str) -> Counter:
+            return Counter(f"weather_spark_{name}", text, labels, registry=self.registry)
+
+        self.trigger = Gauge(
+            "weather_spark_trigger_interval_seconds", "Micro-batch trigger interval", registry=self.registry
+        )
+        self.trigger.set(trigger_s)
+        self.lag = gauge("lag_records", "Input records not yet read by the query (latest - end offset)")
+        self.batch = gauge("batch_duration_seconds", "Duration of the last micro-batch (triggerExecution)")
+        self.rate = gauge("processed_rows_per_second", "Rows processed per second in the last batch")
+        self.state_rows = gauge("state_rows", "Rows in the query's state stores")
+        self.state_bytes = gauge("state_memory_bytes", "Memory used by the query's state stores")
+        self.watermark_delay = gauge("watermark_delay_seconds", "Batch start minus the event-time watermark")
+        self.last_progress = gauge("last_progress_time_seconds", "Epoch seconds of the last progress event")
+        self.active = gauge("query_active", "1 while the query runs")
+        self.batches = counter("batches", "Micro-batches completed")
+        self.input_rows = counter("input_rows", "Input rows read")
+        self.dropped = counter("rows_dropped_by_watermark", "Rows dropped as later than the watermark")
+
+    def observe(self, record: dict[str, Any]) -> None:
+        query = record.get("name") or "unnamed"
+        event = record.get("event")
+        if event == "started":
+            self.active.labels(query).set(1)
+        elif event == "terminated":
+            self.active.labels(query).set(0)
+        if event in ("progress", "idle"):
+            self.last_progress.labels(query).set(record.get("received_at_ms", 0) / 1000)
+        if event != "progress":
+            return
+        self.active.labels(query).set(1)
+        self.lag.labels(query).set(lag_records(record))
+        self.batch.labels(query).set((record.get("durationMs") or {}).get("triggerExecution", 0) / 1000)
+        self.rate.labels(query).set(record.get("processedRowsPerSecond") or 0)
+        self.batches.labels(query).inc()
+        self.input_rows.labels(query).inc(record.get("numInputRows") or 0)
+        operators = record.get("stateOperators") or []
+        self.state_rows.labels(query).set(sum(op.get("numRowsTotal") or 0 for op in operators))
+        self.state_bytes.labels(query).set(sum(op.get("memoryUsedBytes") or 0 for op in operators))
+        self.dropped.labels(query).inc(sum(op.get("numRowsDroppedByWatermark") or 0 for op in operators))
+        watermark, started = record.get("watermark_ms"), record.get("timestamp_ms")
+        if watermark and started:  # no watermark (0) before the first event time was seen
+            self.watermark_delay.labels(query).set((started - watermark) / 1000)
+
+
 class ProgressPublisher(StreamingQueryListener):
     """StreamingQueryListener that publishes compact progress to Kafka and a JSONL file.
 
@@ -143,10 +218,18 @@ class ProgressPublisher(StreamingQueryListener):
     never raised back into Spark (it would only be printed by the JVM).
     """
 
-    def __init__(self, bootstrap_servers: str, topic: str, jsonl_path: Path, producer: Any = None) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        jsonl_path: Path,
+        producer: Any = None,
+        metrics: ProgressMetrics | None = None,
+    ) -> None:
         """`producer` replaces the confluent_kafka Producer (tests)."""
         super().__init__()
         self.topic = topic
+        self.metrics = metrics
         self.jsonl_path = jsonl_path
         self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -170,6 +253,8 @@ class ProgressPublisher(StreamingQueryListener):
                 log.warning("progress record not delivered (%d so far): %s", self.delivery_errors, err)
 
     def publish(self, record: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(record)
         line = json.dumps(record, separators=(",", ":"), allow_nan=False, default=str)
         with self._lock:
             with self.jsonl_path.open("a") as handle:

@@ -127,6 +127,7 @@ def summarize(plan: TestPlan, outcomes: list[StepOutcome], cores: int) -> dict[s
             "brokers": step.stack.brokers,
             "repetitions": len(group),
             "sustained": all(o.sustained for o in group) if group[0].accounting else None,
+            "skipped": group[0].skipped or None,
             "reasons": sorted({r for o in group for r in o.reasons}),
             "bottleneck": Counter(o.bottleneck for o in group if o.bottleneck).most_common(1)[0][0]
             if any(o.bottleneck for o in group)
@@ -265,6 +266,7 @@ def run_ticket(
     progress: Callable[[str], None] = print,
     state_dir: Path | None = None,
     kafka_admin: Callable[[], Any] | None = None,
+    docker_client: Callable[[], Any] | None = None,
 ) -> list[StepOutcome]:
     """Run one ticket of a begun run: bring the stack into the step's shape, measure, store.
 
@@ -276,13 +278,18 @@ def run_ticket(
     tickets = _tickets_of(plan, run_id)
     if not 0 <= index < len(tickets):
         raise IndexError(f"run {run_id}: no step {index} (it has {len(tickets)})")
-    if plan.test in SEARCH_TESTS:
-        bench = Bench(base, plan.steps[0].stack, _run_dir(out_dir, run_id), progress, state_dir, kafka_admin)
+    hooks = {"kafka_admin": kafka_admin, "docker_client": docker_client}
+    step, users = (plan.steps[0], 0) if plan.test in SEARCH_TESTS else with_api_load(plan)[index]
+    if plan.test not in SEARCH_TESTS:
+        progress(f"run {run_id}: step {index + 1}/{len(tickets)}: {tickets[index].label}")
+    bench = Bench(base, step.stack, _run_dir(out_dir, run_id), progress, state_dir, **hooks)
+    skipped = bench.skip_reason(plan, step)
+    if skipped:
+        progress(f"run {run_id}: step {tickets[index].label} skipped: {skipped}")
+        outcomes = [StepOutcome(step=step, repetition=0, station_prefix="", skipped=skipped)]
+    elif plan.test in SEARCH_TESTS:
         outcomes = _run_search_test(plan, bench, store, run_id, progress)
     else:
-        step, users = with_api_load(plan)[index]
-        progress(f"run {run_id}: step {index + 1}/{len(tickets)}: {tickets[index].label}")
-        bench = Bench(base, step.stack, _run_dir(out_dir, run_id), progress, state_dir, kafka_admin)
         if plan.test == "brokers":
             progress(f"Kafka with {step.stack.brokers} broker(s)")
             bench.reconfigure_brokers(step.stack.brokers)

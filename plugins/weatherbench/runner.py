@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.accounting import Accounting, account, expected_windows, fetch_predictions, stage_latencies
-from pipeline.config import StackConfig, load_config
+from pipeline.config import SECTIONS, StackConfig, load_config
 from pipeline.kafka_topics import (
     APPEND_TIME,
     TopicError,
     admin_client,
     delete_topics,
+    describe_cluster,
     describe_topics,
     ensure_topic,
     set_partitions,
@@ -51,15 +52,24 @@ from pipeline.producer.observations import ObservationSource, make_source
 from pipeline.producer.producer import DeliveryLedger, WeatherProducer
 from pipeline.stack import get_stack
 from pipeline.stack.base import COMPONENTS, KAFKA, RAY_WORKER, SPARK_WORKER, STREAMING_JOB, Stack
+from pipeline.stack.monitoring import PrometheusClient
 from weatherbench.audit import Gap, audit, gaps_by_stage
 from weatherbench.badinput import check_dead_letters
 from weatherbench.collectors.api_load import ApiLoadCollector, ApiLoadSpec
 from weatherbench.collectors.base import Collector
 from weatherbench.collectors.deadletter import DeadLetterCollector
-from weatherbench.collectors.kafka import KafkaFlowCollector, clock_sanity, topic_metrics
+from weatherbench.collectors.kafka import (
+    KafkaFlowCollector,
+    KafkaProgressTail,
+    ProgressTail,
+    clock_sanity,
+    topic_metrics,
+)
+from weatherbench.collectors.prometheus import PrometheusCollector, load_queries
 from weatherbench.collectors.ray import RayCollector
 from weatherbench.collectors.resources import ResourceSampler
 from weatherbench.collectors.spark import SparkCollector
+from weatherbench.exporter import HARNESS
 from weatherbench.faults import FaultInjector, recovery
 from weatherbench.metrics import Metric, Series
 from weatherbench.stats import LatencyHistogram, balance_score, lag_trend, name_bottleneck, percentile_key
@@ -97,6 +107,7 @@ def bench_config(base: StackConfig, shape: StackShape, state_dir: Path | None = 
     """The stack configuration a benchmark runs with: base ports and sizes, the step's shape."""
     overrides: dict[str, Any] = {
         "state_dir": str(state_dir or base.state_dir / "bench"),
+        "backend": base.backend,
         "spark": {
             "window": shape.window,
             "watermark": shape.watermark,
@@ -107,7 +118,7 @@ def bench_config(base: StackConfig, shape: StackShape, state_dir: Path | None = 
         "kafka": {"brokers": shape.brokers},
     }
     base_dict = base.to_dict()
-    for section in ("kafka", "spark", "ray", "inference", "api", "model", "supervisor"):
+    for section in SECTIONS:
         merged = dict(base_dict[section])
         merged.update(overrides.get(section, {}))
         overrides[section] = merged
@@ -147,6 +158,7 @@ class StepOutcome:
     faults: list[dict[str, Any]] = field(default_factory=list)  # one record per injected fault
     gaps: list[Gap] = field(default_factory=list)  # where served windows fell short, by stage
     bad_input: dict[str, Any] = field(default_factory=dict)  # dead letters vs bad records sent
+    skipped: str = ""  # why the step was not run (the stack cannot take its shape or faults)
 
     def value(self, name: str, component: str | None = None) -> float:
         for metric in self.metrics:
@@ -302,16 +314,66 @@ class Bench:
         progress: Callable[[str], None] = print,
         state_dir: Path | None = None,
         kafka_admin: Callable[[], Any] | None = None,
+        docker_client: Callable[[], Any] | None = None,
     ) -> None:
-        """`kafka_admin` makes the AdminClient topic changes go through (an orchestrator's hook, say)."""
+        """`kafka_admin` makes the AdminClient topic changes go through (an orchestrator's hook, say);
+        `docker_client` gives the compose backend its Docker API client the same way."""
         self.base = base
         self.kafka_admin = kafka_admin
+        self.docker_client = docker_client
         self.config = bench_config(base, shape, state_dir)
-        self.stack: Stack = get_stack(self.config)
+        self.stack: Stack = self._stack(self.config)
         self.out_dir = out_dir
         self.progress = progress
         self.tag = uuid.uuid4().hex[:6]
         self.shape = shape
+
+    def _stack(self, config: StackConfig) -> Stack:
+        return get_stack(config, docker_client=self.docker_client() if self.docker_client else None)
+
+    def skip_reason(self, plan: TestPlan, step: Step) -> str:
+        """Why this stack cannot run `step` as asked ("" when it can), before anything changes.
+
+        A backend that cannot scale, break or re-partition (an external cluster) runs a step only
+        when the cluster already has the shape the step varies, and steps with faults not at all.
+        Only what the test varies is compared: a latency step runs on any worker count.
+        """
+        refused = self.stack.unsupported
+        wanted = step.stack
+        if step.faults and refused("faults"):
+            return str(refused("faults"))
+        if plan.test in ("partitions", "brokers"):
+            admin = self._admin()
+            if plan.test == "brokers" and refused("brokers"):
+                brokers = len(describe_cluster(admin).brokers)
+                if brokers != wanted.brokers:
+                    asked = f"the step asks for {wanted.brokers} broker(s), the cluster has {brokers}"
+                    return f"{refused('brokers')}: {asked}"
+            current = describe_topics(admin).get(self.config.kafka.benchmark_topic)
+            other_count = current is not None and current.partitions != wanted.partitions
+            if plan.test == "partitions" and refused("partitions") and other_count:
+                return (
+                    f"{refused('partitions')}: the step asks for {wanted.partitions} partitions of "
+                    f"{current.name}, it has {current.partitions}"
+                )
+            return ""
+        if plan.test.startswith("scalability-") and refused("scale"):
+            status = self.stack.status()
+            for component, count, what in (
+                (SPARK_WORKER, wanted.spark_workers, "Spark workers"),
+                (RAY_WORKER, wanted.ray_workers, "Ray worker nodes"),
+            ):
+                if status.running(component) != count:
+                    have = status.running(component)
+                    return f"{refused('scale')}: the step asks for {count} {what}, the stack has {have}"
+        return ""
+
+    def _producer(self) -> WeatherProducer:
+        """The load's producer, its deliveries counted in the harness's Prometheus series too."""
+        HARNESS.serve(self.config)
+        return WeatherProducer(
+            self.config.kafka.bootstrap_servers, self.config.kafka.benchmark_topic, metrics=HARNESS.producer
+        )
 
     # ------------------------------------------------------------------ stack shaping
     def _copy_model(self) -> None:
@@ -342,7 +404,7 @@ class Bench:
                 f"Kafka brokers {previous.kafka.brokers} -> {self.config.kafka.brokers}: "
                 "stopping the stack and starting a fresh cluster"
             )
-            get_stack(previous).down(purge=True)
+            self._stack(previous).down(purge=True)
         elif previous is not None and self._window_settings_differ(previous):
             self.progress("window settings changed: restarting the pipeline on a fresh checkpoint")
             self.stack.down()
@@ -352,7 +414,9 @@ class Bench:
         # Kafka first, so the benchmark topic gets the session's partition count before a
         # streaming job reads it (an earlier Kafka-only partition run may have grown it).
         self.stack.up((KAFKA,))
-        self.set_benchmark_partitions(self.shape.partitions)
+        # A stack that refuses partition changes keeps its topic as it is (created if missing).
+        if not self.stack.unsupported("partitions") or not self._benchmark_topic_exists():
+            self.set_benchmark_partitions(self.shape.partitions)
         self.stack.up(components or COMPONENTS)
         self.progress(f"stack up in {time.monotonic() - began:.0f} s (state in {self.config.state_dir})")
 
@@ -397,7 +461,7 @@ class Bench:
         """Kafka alone with `brokers` brokers (a fresh cluster when the count changes)."""
         self.shape = replace(self.shape, brokers=brokers)
         self.config = bench_config(self.base, self.shape, self.config.state_dir)
-        self.stack = get_stack(self.config)
+        self.stack = self._stack(self.config)
         self.up((KAFKA,))
 
     def prime(self, step: Step, timeout_s: float) -> None:
@@ -410,7 +474,7 @@ class Bench:
         prefix = f"{step.load.station_prefix}{self.tag}prime"
         self.progress(f"priming the pipeline: {step.load.rate:g} msg/s for {seconds:g} s")
         began = time.monotonic()
-        producer = WeatherProducer(self.config.kafka.bootstrap_servers, self.config.kafka.benchmark_topic)
+        producer = self._producer()
         spec = LoadSpec(
             stations=step.load.stations, rate=step.load.rate, duration_s=seconds, station_prefix=prefix
         )
@@ -429,6 +493,9 @@ class Bench:
         self.progress(f"   primed in {time.monotonic() - began:.0f} s: {windows} windows served")
 
     def shape_stack(self, shape: StackShape) -> None:
+        """Workers and partitions as the step asks; a stack that refuses such changes keeps its own."""
+        if self.stack.unsupported("scale"):
+            return
         status = self.stack.status()
         if status.running(SPARK_WORKER) != shape.spark_workers:
             self.progress(f"scaling Spark workers to {shape.spark_workers}")
@@ -436,11 +503,20 @@ class Bench:
         if status.running(RAY_WORKER) != shape.ray_workers:
             self.progress(f"scaling Ray worker nodes to {shape.ray_workers}")
             self.stack.scale(RAY_WORKER, shape.ray_workers)
-        self.set_benchmark_partitions(shape.partitions)
+        if not self.stack.unsupported("partitions"):
+            self.set_benchmark_partitions(shape.partitions)
+
+    def _admin(self) -> Any:
+        """The AdminClient topic changes go through: the orchestrator's hook's, else our own."""
+        return self.kafka_admin() if self.kafka_admin else admin_client(self.config.kafka.bootstrap_servers)
+
+    def _benchmark_topic_exists(self) -> bool:
+        admin = self._admin()
+        return self.config.kafka.benchmark_topic in describe_topics(admin)
 
     def set_benchmark_partitions(self, partitions: int) -> None:
         """Grow the benchmark topic in place; shrinking recreates it (refused under a streaming job)."""
-        admin = self.kafka_admin() if self.kafka_admin else admin_client(self.config.kafka.bootstrap_servers)
+        admin = self._admin()
         topic = self.config.kafka.benchmark_topic
         current = describe_topics(admin).get(topic)
         retention = {"retention.ms": str(self.config.kafka.retention_hours * 3_600_000)}
@@ -466,6 +542,14 @@ class Bench:
             ensure_topic(admin, topic, partitions, rf, config={**APPEND_TIME, **retention})
 
     # ------------------------------------------------------------------ one step
+    def _progress_source(self) -> Path | ProgressTail:
+        """The streaming job's progress: its log file, or the progress topic where the job's
+        files are not on this machine (an external cluster)."""
+        if self.stack.backend == "external":
+            return KafkaProgressTail(self.config.kafka.bootstrap_servers, self.config.kafka.progress_topic)
+        return self.config.state_dir / "logs" / "spark-progress.jsonl"
+
+    # ------------------------------------------------------------------ one step
     def collectors(self, step: Step, pipeline: bool) -> list[Collector]:
         config = self.config
         logs = config.state_dir / "logs"
@@ -477,6 +561,9 @@ class Bench:
                     "checkpoints": config.state_dir / "checkpoints",
                     "models": config.model_dir,
                 },
+                containers=self.stack.container_usage if self.stack.backend == "compose" else None,
+                # The harness's machine is not an external cluster's: its figures would mislead.
+                machine=self.stack.backend != "external",
             )
         ]
         topics = {"raw": config.kafka.benchmark_topic}
@@ -493,22 +580,22 @@ class Bench:
                 topics,
                 config.kafka.input_topics if pipeline else [],
                 groups,
-                logs / "spark-progress.jsonl",
+                self._progress_source(),
             )
         )
         if pipeline:
             result.append(
                 SparkCollector(
-                    logs / "spark-progress.jsonl",
-                    f"http://127.0.0.1:{config.spark.driver_ui_port}",
+                    self._progress_source(),
+                    config.spark.streaming_ui_url,
                     config.state_dir / "checkpoints",
                     step.stack.trigger_ms,
                 )
             )
-            dashboard = (
-                f"http://127.0.0.1:{config.ray.dashboard_port}" if config.ray.include_dashboard else None
-            )
-            result.append(RayCollector(logs / "inference-stats.jsonl", dashboard))
+            result.append(RayCollector(logs / "inference-stats.jsonl", config.ray.dashboard_url))
+        if config.monitoring.enabled:
+            client = PrometheusClient(config.monitoring.prometheus_url)
+            result.append(PrometheusCollector(client, load_queries(), config.monitoring.scrape_interval_s))
         return result
 
     def run_step(
@@ -555,12 +642,14 @@ class Bench:
         deadletters = self.deadletter_collector() if pipeline and spec.bad_input else None
         if deadletters is not None:
             collectors.append(deadletters)
-        producer = WeatherProducer(self.config.kafka.bootstrap_servers, self.config.kafka.benchmark_topic)
+        producer = self._producer()
         self.progress(
             f"step {step.index} [{step.label}] repetition {repetition}: {load.stations} stations, "
             f"{load.rate:g} msg/s for {load.total_s:g} s ({load.warmup_s:g} s warm-up)"
         )
         outcome.metrics += self.clock_check()
+        step_labels = (self.tag, plan.test, f"{step.index} {step.label} r{repetition}")
+        HARNESS.step_started(*step_labels, rate=load.rate)
         for collector in collectors:
             collector.start()
         try:
@@ -595,6 +684,7 @@ class Bench:
                     sent = {record.position for record in result.bad_records.sent}
                     deadletters.wait_for(sent, min(DEADLETTER_WAIT_S, plan.drain_timeout_s))
         finally:
+            HARNESS.step_ended(*step_labels)
             for collector in collectors:
                 collector.stop()
             producer.flush(10)

@@ -37,6 +37,8 @@ SPARK_CONN_ID = "weatherbench_spark"
 RAY_CONN_ID = "weatherbench_ray"
 SMTP_CONN_ID = "weatherbench_smtp"
 
+STACK_BACKEND_VARIABLE = "WB_STACK_BACKEND"
+
 # Benchmarks share one stack: the pool with one slot runs one of their tasks at a time.
 STACK_POOL = "weatherbench_stack"
 STACK_POOL_DESCRIPTION = "One slot: benchmark tasks that use the shared benchmark stack run one at a time"
@@ -51,12 +53,19 @@ def reports_dir(environ: Mapping[str, str] | None = None) -> Path:
 def connection_uris(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Default connections (Airflow's JSON form), from the local stack configuration."""
     config = load_config(environ=environ)
+    env = os.environ if environ is None else environ
+    # WB_STACK_BACKEND: where the benchmark stack runs (local processes, docker compose, an
+    # existing cluster); see pipeline.stack.
+    backend = env.get(STACK_BACKEND_VARIABLE) or "local"
+    # Benchmarks keep their own state beside a production stack's, except in compose, where
+    # the containers' state volume is the only one (the benchmark stack is the stack).
+    state_dir = config.state_dir if backend == "compose" else config.state_dir / "bench"
     return {
         STACK_CONN_ID: json.dumps(
             {
                 "conn_type": "generic",
                 "description": "The benchmark stack: backend and configuration of the stack runtime",
-                "extra": {"backend": "local", "state_dir": str(config.state_dir / "bench")},
+                "extra": {"backend": backend, "state_dir": str(state_dir)},
             }
         ),
         KAFKA_CONN_ID: json.dumps(
@@ -70,7 +79,7 @@ def connection_uris(environ: Mapping[str, str] | None = None) -> dict[str, str]:
             {
                 "conn_type": "spark",
                 "description": "The Spark standalone master of the stack",
-                "host": "spark://127.0.0.1",
+                "host": f"spark://{config.spark.master_host}",
                 "port": config.spark.master_port,
                 "extra": {"deploy-mode": "client", "spark-binary": "spark-submit"},
             }
@@ -79,7 +88,7 @@ def connection_uris(environ: Mapping[str, str] | None = None) -> dict[str, str]:
             {
                 "conn_type": "generic",
                 "description": "The Ray cluster's dashboard (state API)",
-                "host": "127.0.0.1",
+                "host": config.ray.head_host,
                 "port": config.ray.dashboard_port,
             }
         ),

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import StackConfig, load_config
+from pipeline.config import SECTIONS, StackConfig, load_config
 from pipeline.stack import get_stack
 from pipeline.stack.base import Stack
-from tests.integration.conftest import stack_config
+from tests.integration.conftest import is_port_setting, stack_config
 
 REPO = Path(__file__).resolve().parents[2]
 # The stack of the DAG tests, on its own ports and state dir; the UI test of the nightly DAG
@@ -30,21 +30,12 @@ DAG_STACK = stack_config("dags", port_offset=900)
 
 def stack_environ(config: StackConfig) -> dict[str, str]:
     """WB_* variables that make load_config() give `config`'s ports and state dir."""
-    return {
-        "WB_STATE_DIR": str(config.state_dir),
-        "WB_KAFKA_BOOTSTRAP_PORT": str(config.kafka.bootstrap_port),
-        "WB_KAFKA_CONTROLLER_PORT": str(config.kafka.controller_port),
-        "WB_SPARK_MASTER_PORT": str(config.spark.master_port),
-        "WB_SPARK_MASTER_UI_PORT": str(config.spark.master_ui_port),
-        "WB_SPARK_WORKER_UI_PORT_BASE": str(config.spark.worker_ui_port_base),
-        "WB_SPARK_DRIVER_UI_PORT": str(config.spark.driver_ui_port),
-        "WB_RAY_GCS_PORT": str(config.ray.gcs_port),
-        "WB_RAY_CLIENT_SERVER_PORT": str(config.ray.client_server_port),
-        "WB_RAY_DASHBOARD_PORT": str(config.ray.dashboard_port),
-        "WB_RAY_AGENT_PORT_BASE": str(config.ray.agent_port_base),
-        "WB_API_PORT": str(config.api.port),
-        "WB_INFERENCE_METRICS_PORT": str(config.inference.metrics_port),
-    }
+    environ = {"WB_STATE_DIR": str(config.state_dir)}
+    for section in SECTIONS:
+        for key, value in vars(getattr(config, section)).items():
+            if is_port_setting(key):
+                environ[f"WB_{section.upper()}_{key.upper()}"] = str(value)
+    return environ
 
 
 @dataclass

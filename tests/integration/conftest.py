@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import StackConfig, duration_ms, load_config
+from pipeline.config import SECTIONS, StackConfig, duration_ms, load_config
 from pipeline.producer.loadgen import close_windows
 from pipeline.producer.observations import SyntheticSource
 from pipeline.producer.producer import WeatherProducer
@@ -31,37 +31,23 @@ TEST_STATE = Path(
 )
 
 
+def is_port_setting(name: str) -> bool:
+    """A setting that is a TCP port or the base of a row of them (not Ray's worker port range)."""
+    return name == "port" or name.endswith("_port") or name.endswith("_port_base")
+
+
 def stack_config(name: str, port_offset: int, **spark: str) -> StackConfig:
     """A stack configuration whose every port is shifted by port_offset, with state under TEST_STATE/name."""
     base = load_config(environ={})
-    return load_config(
-        environ={},
-        overrides={
-            "state_dir": str(TEST_STATE / name),
-            "kafka": {
-                "bootstrap_port": base.kafka.bootstrap_port + port_offset,
-                "controller_port": base.kafka.controller_port + port_offset,
-            },
-            "spark": {
-                "master_port": base.spark.master_port + port_offset,
-                "master_ui_port": base.spark.master_ui_port + port_offset,
-                "worker_ui_port_base": base.spark.worker_ui_port_base + port_offset,
-                "driver_ui_port": base.spark.driver_ui_port + port_offset,
-                "window": "5 seconds",
-                "watermark": "2 seconds",
-                "trigger": "2 seconds",
-                **spark,
-            },
-            "ray": {
-                "gcs_port": base.ray.gcs_port + port_offset,
-                "client_server_port": base.ray.client_server_port + port_offset,
-                "dashboard_port": base.ray.dashboard_port + port_offset,
-                "agent_port_base": base.ray.agent_port_base + port_offset,
-            },
-            "api": {"port": base.api.port + port_offset},
-            "inference": {"metrics_port": base.inference.metrics_port + port_offset},
-        },
+    overrides: dict[str, dict[str, object]] = {}
+    for section in SECTIONS:
+        for key, value in vars(getattr(base, section)).items():
+            if is_port_setting(key) and isinstance(value, int):
+                overrides.setdefault(section, {})[key] = value + port_offset
+    overrides["spark"].update(
+        {"window": "5 seconds", "watermark": "2 seconds", "trigger": "2 seconds", **spark}
     )
+    return load_config(environ={}, overrides={"state_dir": str(TEST_STATE / name), **overrides})
 
 
 @contextlib.contextmanager

@@ -71,7 +71,7 @@ def test_kafka_is_one_broker_by_default():
     assert kafka.bootstrap_servers == "127.0.0.1:19092"
     assert kafka.controller_quorum == "127.0.0.1:19093"
     assert (kafka.replication_factor, kafka.min_insync_replicas) == (1, 1)
-    assert kafka.ports() == {"kafka broker": 19092, "kafka controller": 19093}
+    assert kafka.ports() == {"kafka broker": 19092, "kafka controller": 19093, "kafka metrics": 19094}
 
 
 def test_three_brokers_get_stepped_ports_all_listed_and_distinct():
@@ -88,6 +88,9 @@ def test_three_brokers_get_stepped_ports_all_listed_and_distinct():
         "kafka controller 2": 19103,
         "kafka broker 3": 19112,
         "kafka controller 3": 19113,
+        "kafka metrics 1": 19094,
+        "kafka metrics 2": 19104,
+        "kafka metrics 3": 19114,
     }
     ports = config.ports()
     assert {owner: port for owner, port in ports.items() if owner.startswith("kafka")} == expected
@@ -136,3 +139,47 @@ def test_far_late_limit_can_be_set_and_is_checked():
         load_config(environ={}, overrides={"spark": {"late_limit": "3 minutes"}})
     with pytest.raises(ConfigError, match=r"spark\.late_limit.*cannot read duration"):
         load_config(environ={}, overrides={"spark": {"late_limit": "soon"}})
+
+
+def test_loopback_is_the_default_for_every_address():
+    config = load_config(environ={})
+    assert (config.network.bind, config.network.advertised_address) == ("127.0.0.1", "127.0.0.1")
+    assert config.spark.master_ui_url == "http://127.0.0.1:8090"
+    assert config.spark.streaming_ui_url == "http://127.0.0.1:4050"
+    assert config.ray.address == "127.0.0.1:6390"
+    assert config.api.url == "http://127.0.0.1:8088"
+    assert config.inference.metrics_url == "http://127.0.0.1:9102/metrics"
+
+
+def test_container_hosts_name_each_broker_and_service():
+    environ = {
+        "WB_NETWORK_BIND": "0.0.0.0",
+        "WB_KAFKA_HOST": "kafka-{node}",
+        "WB_KAFKA_BROKERS": "3",
+        "WB_SPARK_MASTER_HOST": "spark-master",
+        "WB_RAY_HEAD_HOST": "ray-head",
+        "WB_API_HOST": "api",
+    }
+    config = load_config(environ=environ)
+    assert config.kafka.bootstrap_servers == "kafka-1:19092,kafka-2:19102,kafka-3:19112"
+    assert config.kafka.controller_quorum == "kafka-1:19093,kafka-2:19103,kafka-3:19113"
+    assert config.spark.master_url == "spark://spark-master:7177"
+    assert config.ray.address == "ray-head:6390"
+    assert config.api.url == "http://api:8088"
+
+
+def test_explicit_bootstrap_servers_win_over_the_derived_ones():
+    config = load_config(environ={"WB_KAFKA_BOOTSTRAP": " b1.example:9092,b2.example:9092 "})
+    assert config.kafka.bootstrap_servers == "b1.example:9092,b2.example:9092"
+
+
+def test_auto_advertise_resolves_this_hosts_name():
+    import socket
+
+    config = load_config(environ={"WB_NETWORK_ADVERTISE": "auto"})
+    assert config.network.advertised_address == socket.gethostbyname(socket.gethostname())
+
+
+def test_metrics_ports_of_clients_take_part_in_the_collision_check():
+    with pytest.raises(ConfigError, match="benchmark harness metrics and serving api both use port 8088"):
+        load_config(environ={"WB_MONITORING_HARNESS_PORT": "8088"})

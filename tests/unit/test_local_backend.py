@@ -47,3 +47,19 @@ def test_kafka_storage_formats_with_a_cluster_id_that_starts_with_a_dash(monkeyp
     stack._prepare_kafka()
     meta = (tmp_path / "kafka" / "data" / "meta.properties").read_text()
     assert "cluster.id=-" in meta
+
+
+def test_container_network_settings_reach_the_broker_properties(tmp_path):
+    config = load_config(
+        environ={},
+        overrides={
+            "state_dir": str(tmp_path),
+            "network": {"bind": "0.0.0.0"},
+            "kafka": {"host": "kafka-{node}", "brokers": 3},
+        },
+    )
+    props = LocalStack(config).kafka_node_properties(2)
+    assert props["listeners"] == "PLAINTEXT://0.0.0.0:19102,CONTROLLER://0.0.0.0:19103"
+    # Clients are told the broker's name in the network, never the wildcard it binds.
+    assert props["advertised.listeners"] == "PLAINTEXT://kafka-2:19102"
+    assert props["controller.quorum.bootstrap.servers"] == "kafka-1:19093,kafka-2:19103,kafka-3:19113"

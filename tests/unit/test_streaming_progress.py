@@ -9,8 +9,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
-from pipeline.streaming.progress import ProgressPublisher, compact_progress, iso_to_ms
+from pipeline.streaming.progress import (
+    ProgressMetrics,
+    ProgressPublisher,
+    compact_progress,
+    iso_to_ms,
+    lag_records,
+)
 
 # Shape of StreamingQueryProgress.json for a Kafka source and a windowed aggregation (Spark 4.2).
 PROGRESS: dict[str, Any] = {
@@ -162,3 +169,59 @@ def test_publisher_survives_a_bad_event(tmp_path: Path) -> None:
     publisher = ProgressPublisher("127.0.0.1:1", "t", tmp_path / "p.jsonl", producer=producer)
     publisher.onQueryProgress(SimpleNamespace(progress=SimpleNamespace(json="not json")))  # must not raise
     assert producer.sent == [] and not (tmp_path / "p.jsonl").exists()
+
+
+def sample(metrics: ProgressMetrics, name: str, query: str | None = "features") -> float | None:
+    labels = {"query": query} if query else {}
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_lag_is_latest_minus_end_offset_over_every_partition() -> None:
+    record = compact_progress(PROGRESS, received_at_ms=1)
+    assert lag_records(record) == (90 - 85) + (1 - 1)
+    two_topics = dict(
+        record,
+        sources=[
+            *record["sources"],
+            {
+                "endOffset": {"weather-raw-benchmark": {"0": 10}},
+                "latestOffset": {"weather-raw-benchmark": {"0": 17, "1": 4}},
+            },
+        ],
+    )
+    # A partition the batch has not read yet counts from offset 0.
+    assert lag_records(two_topics) == 5 + 7 + 4
+
+
+def test_progress_metrics_follow_each_batch() -> None:
+    metrics = ProgressMetrics(trigger_s=2.0)
+    record = compact_progress(PROGRESS, received_at_ms=1_764_209_774_000)
+    metrics.observe({"event": "started", "name": "features"})
+    metrics.observe(record)
+    metrics.observe(dict(record, numInputRows=6))
+    assert sample(metrics, "weather_spark_trigger_interval_seconds", None) == 2.0
+    assert sample(metrics, "weather_spark_lag_records") == 5
+    assert sample(metrics, "weather_spark_batch_duration_seconds") == pytest.approx(9.89)
+    assert sample(metrics, "weather_spark_batches_total") == 2
+    assert sample(metrics, "weather_spark_input_rows_total") == 4 + 6
+    assert sample(metrics, "weather_spark_state_rows") == 6
+    assert sample(metrics, "weather_spark_state_memory_bytes") == 4512
+    assert sample(metrics, "weather_spark_rows_dropped_by_watermark_total") == 2
+    # Batch start 02:16:14.000 minus watermark 02:12:53.002.
+    assert sample(metrics, "weather_spark_watermark_delay_seconds") == pytest.approx(200.998)
+    assert sample(metrics, "weather_spark_last_progress_time_seconds") == 1_764_209_774
+    metrics.observe({"event": "terminated", "name": "features"})
+    assert sample(metrics, "weather_spark_query_active") == 0
+    assert b'weather_spark_lag_records{query="features"} 5.0' in generate_latest(metrics.registry)
+
+
+def test_publisher_feeds_the_metrics(tmp_path: Path) -> None:
+    metrics = ProgressMetrics(trigger_s=10.0)
+    sent: list[Any] = []
+    producer = SimpleNamespace(produce=lambda *a, **k: sent.append(a), poll=lambda *_: 0, flush=lambda *_: 0)
+    publisher = ProgressPublisher(
+        "unused:1", "progress", tmp_path / "p.jsonl", producer=producer, metrics=metrics
+    )
+    publisher.publish(compact_progress(PROGRESS, received_at_ms=1))
+    assert sample(metrics, "weather_spark_batches_total") == 1
+    assert len(sent) == 1

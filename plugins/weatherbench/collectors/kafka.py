@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from weatherbench.collectors.base import PollingCollector
@@ -95,11 +96,69 @@ class ProgressTail:
         self.events.extend(fresh)
         return fresh
 
+    def close(self) -> None:
+        """Release what the tail holds (nothing for a file)."""
+
     def latest_progress(self, query: str = SPARK_QUERY) -> dict[str, Any] | None:
         for event in reversed(self.events):
             if event.get("event") == "progress" and event.get("name") == query:
                 return event
         return None
+
+
+class KafkaProgressTail(ProgressTail):
+    """The same progress records, read from the progress topic instead of the job's log file.
+
+    For a streaming job whose files are not on this machine (an external cluster): its
+    listener publishes every record to Kafka too. Reads from the end at skip_to_end (as the
+    file tail does), with a consumer of its own that commits nothing.
+    """
+
+    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+        super().__init__(Path(topic))
+        self.topic = topic
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "group.id": f"weatherbench-progress-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "latest",
+            }
+        )
+        self._assigned = False
+
+    def skip_to_end(self) -> None:
+        metadata = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        partitions = sorted((metadata.partitions if metadata else {}) or {})
+        assignment = []
+        for partition in partitions:
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
+            assignment.append(TopicPartition(self.topic, partition, high))
+        self._consumer.assign(assignment)
+        self._assigned = True
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self._assigned:
+            self.skip_to_end()
+        fresh = []
+        while messages := self._consumer.consume(num_messages=500, timeout=0.2):
+            for message in messages:
+                if message.error() is not None or message.value() is None:
+                    continue
+                try:
+                    fresh.append(json.loads(message.value()))
+                except ValueError:
+                    continue
+        self.events.extend(fresh)
+        return fresh
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def progress_tail(source: Path | ProgressTail) -> ProgressTail:
+    """A tail of the streaming job's progress: its log file (a path) or a tail built elsewhere."""
+    return source if isinstance(source, ProgressTail) else ProgressTail(source)
 
 
 def processed_offsets(progress: dict[str, Any] | None) -> dict[tuple[str, int], int]:
@@ -123,7 +182,7 @@ class KafkaFlowCollector(PollingCollector):
         topics: dict[str, str],  # label -> topic, e.g. {"raw": "weather-raw-benchmark"}
         spark_inputs: list[str],
         groups: dict[str, tuple[str, str]],  # stage -> (consumer group, topic it reads)
-        progress_path: Path,
+        progress: Path | ProgressTail,
         interval_s: float = 1.0,
     ) -> None:
         super().__init__(interval_s)
@@ -131,7 +190,7 @@ class KafkaFlowCollector(PollingCollector):
         self.topics = topics
         self.spark_inputs = spark_inputs
         self.groups = groups
-        self.progress = ProgressTail(progress_path)
+        self.progress = progress_tail(progress)
         self._previous: tuple[int, dict[str, int]] | None = None
         self.first_ends: dict[tuple[str, int], int] = {}
         self.last_ends: dict[tuple[str, int], int] = {}
@@ -142,6 +201,10 @@ class KafkaFlowCollector(PollingCollector):
     def start(self) -> None:
         self.progress.skip_to_end()
         super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        self.progress.close()
 
     def sample(self, now_ms: int) -> None:
         t = self.seconds_since_start(now_ms)

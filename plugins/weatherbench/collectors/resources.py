@@ -11,6 +11,11 @@ section 10 targets). Disk: bytes under the Kafka log dirs, the streaming
 checkpoints and the model store. Network: loopback bytes per second (every
 component talks over loopback here, so per-component network is not
 separable; the total is what the machine carried).
+
+With the compose backend the components are containers: their CPU and memory come from the
+engine's container stats (`containers`: CPU seconds used and memory less page cache, per
+container), summed per component like processes. On an external cluster the harness's
+machine is not the cluster's, so its machine-wide figures are left out (`machine=False`).
 """
 
 from __future__ import annotations
@@ -49,9 +54,14 @@ class ResourceSampler(PollingCollector):
         disk_paths: dict[str, Path],
         interval_s: float = 1.0,
         disk_every: int = 5,
+        containers: Callable[[], dict[str, list[tuple[str, float, int]]]] | None = None,
+        machine: bool = True,
     ) -> None:
         super().__init__(interval_s)
         self._list_processes = processes
+        self._list_containers = containers
+        self._container_seen: dict[str, tuple[float, float]] = {}  # name -> (cpu seconds, at)
+        self.machine = machine
         self.disk_paths = disk_paths
         self.disk_every = disk_every
         self._procs: dict[str, dict[int, psutil.Process]] = {}
@@ -116,8 +126,11 @@ class ResourceSampler(PollingCollector):
                 self.cpu.setdefault(component, Series(f"resources.{component}.cpu", "%")).points.append(
                     (t, 100.0 * cpu_seconds / elapsed)
                 )
-        self.machine_cpu.points.append((t, psutil.cpu_percent(None)))
-        self.machine_memory.points.append((t, psutil.virtual_memory().percent))
+        if self._list_containers is not None:
+            self._sample_containers(t, now_ms / 1000)
+        if self.machine:
+            self.machine_cpu.points.append((t, psutil.cpu_percent(None)))
+            self.machine_memory.points.append((t, psutil.virtual_memory().percent))
         loopback = psutil.net_io_counters(pernic=True).get("lo")
         if loopback is not None:
             carried = loopback.bytes_sent  # on loopback every byte sent is also received
@@ -130,6 +143,27 @@ class ResourceSampler(PollingCollector):
                     (t, directory_bytes(path) / 1e6)
                 )
         self._samples += 1
+
+    def _sample_containers(self, t: float, now_s: float) -> None:
+        """Per component: memory summed over its containers, CPU as the rate since the last sample."""
+        assert self._list_containers is not None
+        for component, entries in self._list_containers().items():
+            rate, counted, memory = 0.0, 0, 0
+            for name, cpu_s, in_use in entries:
+                memory += in_use
+                seen = self._container_seen.get(name)
+                # A restarted container starts its CPU count again: no rate across that.
+                if seen is not None and cpu_s >= seen[0] and now_s > seen[1]:
+                    rate += (cpu_s - seen[0]) / (now_s - seen[1])
+                    counted += 1
+                self._container_seen[name] = (cpu_s, now_s)
+            self.rss.setdefault(component, Series(f"resources.{component}.rss", "MB")).points.append(
+                (t, memory / 1e6)
+            )
+            if counted:
+                self.cpu.setdefault(component, Series(f"resources.{component}.cpu", "%")).points.append(
+                    (t, 100.0 * rate)
+                )
 
     def series(self) -> list[Series]:
         return [
@@ -152,9 +186,10 @@ class ResourceSampler(PollingCollector):
             result.append(Metric("resources.disk.end", values[-1] if values else float("nan"), "MB", name))
             if len(values) >= 2:
                 result.append(Metric("resources.disk.growth", values[-1] - values[0], "MB", name))
-        result += summary_metrics("resources.machine.cpu", self.machine_cpu.values(), "%")
-        result += summary_metrics("resources.machine.memory", self.machine_memory.values(), "%")
-        result += summary_metrics("resources.network.loopback", self.loopback.values(), "bytes/s")
-        result.append(Metric("resources.machine.cores", float(psutil.cpu_count() or 0), "cores"))
+        if self.machine:
+            result += summary_metrics("resources.machine.cpu", self.machine_cpu.values(), "%")
+            result += summary_metrics("resources.machine.memory", self.machine_memory.values(), "%")
+            result += summary_metrics("resources.network.loopback", self.loopback.values(), "bytes/s")
+            result.append(Metric("resources.machine.cores", float(psutil.cpu_count() or 0), "cores"))
         result.append(Metric("resources.failed_samples", float(self.failed_samples), "samples"))
         return result

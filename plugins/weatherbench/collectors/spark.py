@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from weatherbench.collectors.base import Collector
-from weatherbench.collectors.kafka import SPARK_QUERY, ProgressTail
+from weatherbench.collectors.kafka import SPARK_QUERY, ProgressTail, progress_tail
 from weatherbench.collectors.resources import directory_bytes
 from weatherbench.metrics import Metric, Series
 from weatherbench.stats import LatencyHistogram
@@ -83,9 +83,11 @@ COUNTERS = (
 class SparkCollector(Collector):
     name = "spark"
 
-    def __init__(self, progress_path: Path, driver_ui: str, checkpoint_dir: Path, trigger_ms: int) -> None:
+    def __init__(
+        self, progress: Path | ProgressTail, driver_ui: str, checkpoint_dir: Path, trigger_ms: int
+    ) -> None:
         super().__init__()
-        self.tail = ProgressTail(progress_path)
+        self.tail = progress_tail(progress)
         self.driver_ui = driver_ui
         self.checkpoint_dir = checkpoint_dir
         self.trigger_ms = trigger_ms
@@ -108,6 +110,7 @@ class SparkCollector(Collector):
 
     def stop(self) -> None:
         self.tail.read()
+        self.tail.close()
         self.batches = [
             e for e in self.tail.events if e.get("event") == "progress" and e.get("name") == SPARK_QUERY
         ]

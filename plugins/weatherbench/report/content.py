@@ -295,7 +295,9 @@ def steps_table(run: RunData) -> Table:
                 _num(run.value("throughput.achieved", step.index, "producer")),
                 _ms(run.value("latency.e2e.p95", step.index)),
                 _num(run.value("lag.spark.max", step.index, "spark")),
-                {True: "held", False: "did not hold", None: "n/a"}[sustained],
+                "skipped"
+                if s.get("skipped")
+                else {True: "held", False: "did not hold", None: "n/a"}[sustained],
                 s.get("bottleneck") or "",
                 str(s.get("repetitions", "")),
             ]
@@ -322,6 +324,8 @@ def steps_table(run: RunData) -> Table:
 def _reasons(run: RunData) -> list[str]:
     out = []
     for step in run.steps:
+        if step.summary.get("skipped"):
+            out.append(f"{step.label}: skipped: {step.summary['skipped']}")
         for reason in step.summary.get("reasons", []):
             out.append(f"{step.label}: {reason}")
     return out

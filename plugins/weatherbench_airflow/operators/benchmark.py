@@ -89,7 +89,12 @@ class BenchmarkStepOperator(BaseOperator):
             self.log.info,
             hook.state_dir,
             kafka_admin=lambda: kafka.get_conn,
+            docker_client=hook.docker_client_factory(),
         )
+        skipped = [outcome.skipped for outcome in outcomes if outcome.skipped]
+        if skipped:
+            # Shown as skipped in the grid; the run's summary and report say why.
+            raise AirflowSkipException(f"{ticket['label']}: {skipped[0]}")
         brief = {"step": ticket["label"], "repetitions": len(outcomes)}
         for outcome in outcomes:
             self.log.info(
