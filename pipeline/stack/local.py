@@ -990,7 +990,12 @@ class LocalStack(Stack):
             (RAY_HEAD, self._ray_head()),
             *instances(RAY_WORKER),
             *[(service, self._pid_only(service)) for service in SERVICES],
-            *[(name, self._pid_only(name)) for name in MONITORING],
+            # Monitoring shows when it is part of this stack: enabled, or started by name.
+            *[
+                (name, self._pid_only(name))
+                for name in MONITORING
+                if self.config.monitoring.enabled or name in names
+            ],
         ]
 
     def _pid_only(self, name: str) -> ManagedProcess:

@@ -5,7 +5,8 @@ monitoring.harness_port from the first step on, for as long as the process lives
 the producer series of every load the harness sends (`weather_producer_*`, the
 same names as the producer command's) and `weather_bench_step`, which labels the
 step under way, so a dashboard can mark steps on its time axis. If the port is
-taken (another harness on the machine), the run goes on without the endpoint.
+taken (another harness on the machine), the run goes on without the endpoint. A
+process that benchmarks stacks of other ports (tests) serves on each of them.
 """
 
 from __future__ import annotations
@@ -34,23 +35,20 @@ class HarnessMetrics:
         self.offered_rate = Gauge(
             "weather_bench_offered_rate", "Messages per second the running step offers", registry=registry
         )
-        self.port: int | None = None
+        self.ports: set[int] = set()  # served, or found taken
         self._lock = threading.Lock()
 
     def serve(self, config: StackConfig) -> None:
-        """Start the endpoint once per process; a busy port is logged, not raised."""
+        """Start the endpoint on the configuration's port, once; a busy port is logged, not raised."""
+        port = config.monitoring.harness_port
         with self._lock:
-            if self.port is not None or not config.monitoring.harness_port:
+            if not port or port in self.ports:
                 return
+            self.ports.add(port)
             try:
-                start_http_server(
-                    config.monitoring.harness_port, addr=config.network.bind, registry=self.producer.registry
-                )
+                start_http_server(port, addr=config.network.bind, registry=self.producer.registry)
             except OSError as exc:
-                log.warning("harness metrics not served on port %d: %s", config.monitoring.harness_port, exc)
-                self.port = 0
-                return
-            self.port = config.monitoring.harness_port
+                log.warning("harness metrics not served on port %d: %s", port, exc)
 
     def step_started(self, run: str, test: str, step: str, rate: float) -> None:
         self.step.labels(run, test, step).set(1)

@@ -1,7 +1,7 @@
 """Prometheus around the real stack, and the external backend measuring a stack it did not start.
 
-One stack with monitoring enabled (Debian's Prometheus and node exporter, the brokers' JMX
-exporter agents, every component's own endpoint):
+The session's pipeline stack with monitoring started beside it (Debian's Prometheus and node
+exporter; the brokers' JMX exporter agents and every component's own endpoint always run):
 
 - Prometheus scrapes every component and finds it up; the alert rules are loaded;
 - a benchmark step reads Prometheus's series (broker append rate, Spark batch time, the
@@ -9,10 +9,10 @@ exporter agents, every component's own endpoint):
 - every query of the Grafana dashboards and of the benchmark evaluates, and those over
   components that run here return data.
 
-Then the same running stack is treated as an existing cluster (backend external): a latency
-test measures it end to end with nothing lost; a Spark scaling test runs only the step whose
-worker count the cluster has and skips the other with the reason; a fault test skips its
-fault step; the PDF report says why. The stack is stopped at the end, Prometheus included.
+Then the same running stack is treated as an existing cluster (backend external): a Spark
+scaling test skips the step whose worker count the cluster does not have, with the reason,
+and measures the one it has end to end with nothing lost; a fault test skips its fault step;
+the PDF report says why. Prometheus and the node exporter are stopped at the end.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import yaml
 from pypdf import PdfReader
 
 from pipeline.config import REPO_ROOT, StackConfig, load_config
+from pipeline.stack.base import MONITORING
 from pipeline.stack.local import LocalStack
 from pipeline.stack.monitoring import ALERT_RULES, PrometheusClient
-from tests.integration.conftest import running_stack, stack_config
+from pipeline.stack.process import port_in_use
 from weatherbench.collectors.prometheus import load_queries
 from weatherbench.experiments import run_test
 from weatherbench.exporter import HARNESS
@@ -76,13 +77,20 @@ MUST_HAVE_DATA = (
 
 
 @pytest.fixture(scope="module")
-def monitored() -> Iterator[LocalStack]:
-    config = stack_config("monitoring", port_offset=500)
+def monitored(pipeline_stack: LocalStack) -> Iterator[LocalStack]:
+    config = pipeline_stack.config
     config.monitoring.enabled = True
-    with running_stack(config) as stack:
+    try:
+        pipeline_stack.up(MONITORING)
         HARNESS.serve(config)  # this process is the benchmark harness
-        yield stack
-    assert not PrometheusClient(config.monitoring.prometheus_url).ready(), "Prometheus outlived down()"
+        yield pipeline_stack
+    finally:
+        for component in MONITORING:
+            if pipeline_stack.status().running(component):
+                pipeline_stack.kill(component, graceful=True)
+        config.monitoring.enabled = False
+    assert not PrometheusClient(config.monitoring.prometheus_url).ready(), "Prometheus outlived its stop"
+    assert not port_in_use(config.monitoring.node_exporter_port)
 
 
 def workload(config: StackConfig, tmp_path: Path, **stack: object) -> Path:
@@ -93,6 +101,7 @@ def workload(config: StackConfig, tmp_path: Path, **stack: object) -> Path:
     )
     raw["defaults"]["load"].update(stations=5, rate=10, duration_s=30, warmup_s=10)
     raw["defaults"]["drain_timeout_s"] = 180
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "workload.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -191,28 +200,24 @@ def test_external_backend_measures_the_running_stack_and_skips_what_it_cannot_ch
         api=monitored.config.api,
         network=monitored.config.network,
     )
-    latency, _ = run(external, tmp_path / "latency", "latency", {}, tmp_path / "ext")
-    assert latency.status == "passed", latency.summary
-    measured = latency.outcomes[0]
+    workers = monitored.status().running("spark-worker")
+    other = 1 if workers != 1 else 2
+    steps = [{"spark_workers": other}, {"spark_workers": workers}]
+    scaling, store = run(
+        external, tmp_path / "scaling", "scalability-spark", {"steps": steps}, tmp_path / "ext"
+    )
+    assert scaling.status == "passed", scaling.summary
+    by_label = {o.step.label: o for o in scaling.outcomes}
+    skipped = by_label[f"spark_workers={other}"].skipped
+    assert "external cluster" in skipped
+    assert f"asks for {other} Spark workers, the stack has {workers}" in skipped
+    measured = by_label[f"spark_workers={workers}"]
+    assert measured.skipped == ""
     assert measured.accounting["lost_messages"] == 0
     assert measured.accounting["expected_messages"] > 0
     assert measured.value("latency.e2e.p95") > 0
     assert measured.value("spark.batch_duration.p95") > 0  # from the progress topic, not a log file
     assert math.isnan(measured.value("resources.machine.cpu.mean"))  # this machine is not the cluster's
-
-    workers = monitored.config.spark.workers
-    steps = [{"spark_workers": 1}, {"spark_workers": workers}]
-    scaling, store = run(
-        external, tmp_path / "scaling", "scalability-spark", {"steps": steps}, tmp_path / "ext"
-    )
-    by_label = {o.step.label: o for o in scaling.outcomes}
-    skipped = by_label["spark_workers=1"]
-    assert (
-        "external cluster" in skipped.skipped
-        and "asks for 1 Spark workers, the stack has 2" in skipped.skipped
-    )
-    assert by_label[f"spark_workers={workers}"].skipped == ""
-    assert by_label[f"spark_workers={workers}"].accounting["lost_messages"] == 0
     assert monitored.status().running("spark-worker") == workers  # nothing was resized
 
     fault = {"steps": [{"faults": [parse_fault("kill spark-worker 1 for 5s", 20)]}]}
@@ -226,4 +231,4 @@ def test_external_backend_measures_the_running_stack_and_skips_what_it_cannot_ch
     report = build_report(store, [scaling.run_id], tmp_path / "report", name="external")
     text = " ".join(page.extract_text() for page in PdfReader(report.pdf).pages)
     text = " ".join(text.split())
-    assert "spark_workers=1: skipped: the stack is an external cluster" in text
+    assert f"spark_workers={other}: skipped: the stack is an external cluster" in text

@@ -312,3 +312,48 @@ def test_cli_imports_a_run_export_once_and_keeps_it_as_it_was(store, tmp_path, c
     path.write_text('{"format": "something else"}')
     assert cli.main(["import", str(path), "--results-url", store.url]) == 2
     assert "not a run export" in capsys.readouterr().err
+
+
+def metric_row(exported: dict, metric: str, component: str, value: float, unit: str) -> dict:
+    return {
+        "step": "baseline",
+        "step_index": 0,
+        "repetition": 0,
+        "metric": metric,
+        "component": component,
+        "value": value,
+        "non_finite": None,
+        "unit": unit,
+        "recorded_at": exported["run"]["finished_at"],
+    }
+
+
+def test_alerts_that_fired_are_listed_with_their_steps(store, tmp_path):
+    exported = clone(load_export(LATENCY_RUN), "20261127T060000Z-latency-alerts", NOW)
+    exported["metrics"] += [
+        metric_row(exported, "prometheus.failed_queries", "prometheus", 0.0, "queries"),
+        metric_row(exported, "alerts.firing.MachineCpuCritical", "critical", 35.0, "s"),
+        metric_row(exported, "alerts.firing.SparkBatchTimeOverInterval", "warning", 10.0, "s"),
+    ]
+    run_id = store.import_run(exported)
+    text = " ".join(pdf_text(build_report(store, [run_id], tmp_path / "out").pdf))
+    assert "Alerts (Prometheus)" in text
+    # Critical first; the step label and the summed firing time.
+    assert (
+        "MachineCpuCritical CRITICAL baseline 35.0 s SparkBatchTimeOverInterval WARN baseline 10.0 s" in text
+    )
+
+
+def test_a_run_without_monitoring_has_no_alerts_section(built):
+    _, _, result = built
+    assert "Alerts (Prometheus)" not in " ".join(pdf_text(result.pdf))
+
+
+def test_a_skipped_step_says_why(store, tmp_path):
+    exported = clone(load_export(LATENCY_RUN), "20261127T060000Z-latency-skipped", NOW)
+    steps = exported["run"]["summary"]["steps"]
+    reason = "the stack is an external cluster (backend external): the suite measures it but does not resize"
+    steps.append({**steps[0], "index": 1, "label": "spark_workers=4", "skipped": reason, "sustained": None})
+    run_id = store.import_run(exported)
+    text = " ".join(pdf_text(build_report(store, [run_id], tmp_path / "out").pdf))
+    assert "spark_workers=4" in text and f"spark_workers=4: skipped: {reason}" in text

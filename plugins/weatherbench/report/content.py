@@ -879,6 +879,49 @@ def api_load_blocks(run: RunData) -> list[Any]:
     ]
 
 
+ALERT_PREFIX = "alerts.firing."
+
+
+def monitoring_blocks(run: RunData) -> list[Any]:
+    """What Prometheus saw during the run: the alert rules that fired, and in which steps."""
+    if not run.has("prometheus.failed_queries", "prometheus"):
+        return []  # monitoring was off: nothing was read
+    fired: dict[tuple[str, str], dict[str, float]] = {}
+    labels = {step.index: step.label for step in run.steps}
+    for row in run.metric_rows:
+        if row.metric.startswith(ALERT_PREFIX) and not math.isnan(row.value):
+            by_step = fired.setdefault((row.metric.removeprefix(ALERT_PREFIX), row.component), {})
+            label = labels.get(row.step_index, row.step)
+            by_step[label] = by_step.get(label, 0.0) + row.value
+    blocks: list[Any] = [Heading("Alerts (Prometheus)", 2)]
+    if not fired:
+        blocks.append(Text("No alert rule fired while the steps ran.", "note"))
+        return blocks
+    rows = [
+        [
+            alert,
+            {"warning": "WARN"}.get(severity, severity.upper()),
+            ", ".join(by_step),
+            _seconds(sum(by_step.values())),
+        ]
+        for (alert, severity), by_step in sorted(
+            fired.items(), key=lambda item: (item[0][1] != "critical", item[0])
+        )
+    ]
+    blocks.append(
+        Table(
+            ["Alert", "Severity", "Steps", "Firing"],
+            rows,
+            caption="Rules of include/prometheus/alerts.yml that fired during the run's steps, from "
+            "Prometheus's ALERTS series; firing time is summed over the steps and repetitions.",
+            status_column=1,
+            align="llll",
+            widths=[0.3, 0.14, 0.4, 0.16],
+        )
+    )
+    return blocks
+
+
 def run_section(context: RunContext) -> list[Any]:
     run = context.data
     record = run.record
@@ -917,6 +960,7 @@ def run_section(context: RunContext) -> list[Any]:
         blocks += partition_blocks(run)
         blocks += resource_blocks(run, step)
     blocks += api_load_blocks(run)
+    blocks += monitoring_blocks(run)
     return blocks
 
 
