@@ -23,7 +23,7 @@ import yaml
 
 from pipeline.config import REPO_ROOT, STACK_BACKENDS, ConfigError, load_config
 from pipeline.stack import get_stack
-from pipeline.stack.base import ALL_COMPONENTS, COMPONENTS, KAFKA, SCALABLE, StackError
+from pipeline.stack.base import ALL_COMPONENTS, COMPONENTS, KAFKA, SCALABLE, SPARK_HISTORY, StackError
 from pipeline.stack.compose import compose_environment
 from pipeline.stack.monitoring import LAYOUTS, compose_config_text, prometheus_config, targets_dir
 
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
                 help="SIGTERM instead of SIGKILL (a stop: a supervised service is not restarted)",
             )
     component = sub.add_parser("component", help="run one component in the foreground (for containers)")
-    component.add_argument("component", choices=COMPONENTS)
+    component.add_argument("component", choices=(*COMPONENTS, SPARK_HISTORY))
     component.add_argument(
         "--index", type=int, default=1, help="instance number of a scalable component or Kafka broker"
     )

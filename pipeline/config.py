@@ -182,6 +182,13 @@ class SparkConfig:
     driver_memory_mb: int = 768
     driver_ui_port: int = 4050
     metrics_port: int = 9104  # the streaming job's own series (lag, batch time, state) for Prometheus
+    # Our applications write Spark event logs (under state_dir/spark/events) for the History Server,
+    # which `up` starts when history_server is on (or when asked for spark-history by name).
+    event_log: bool = True
+    history_server: bool = False
+    history_host: str = LOOPBACK
+    history_port: int = 18180
+    history_retention: str = "7d"  # event logs older than this are deleted by the History Server
     shuffle_partitions: int = 4
     window: str = "5 minutes"
     watermark: str = "1 minute"
@@ -198,6 +205,10 @@ class SparkConfig:
     @property
     def master_ui_url(self) -> str:
         return f"http://{self.master_host}:{self.master_ui_port}"
+
+    @property
+    def history_url(self) -> str:
+        return f"http://{self.history_host}:{self.history_port}"
 
     @property
     def streaming_ui_url(self) -> str:
@@ -379,6 +390,7 @@ class StackConfig:
             **self.kafka.ports(),
             "spark master": self.spark.master_port,
             "spark master ui": self.spark.master_ui_port,
+            "spark history server": self.spark.history_port,
             "ray gcs": self.ray.gcs_port,
             "ray client server": self.ray.client_server_port,
             "serving api": self.api.port,

@@ -147,6 +147,7 @@ def spark_dirs(config: StackConfig) -> dict[str, Path]:
         "ivy": base / "ivy",
         "local": base / "local",
         "conf": base / "conf",
+        "events": base / "events",  # event logs, read by the History Server
     }
 
 
@@ -159,6 +160,18 @@ def app_log_config(config: StackConfig) -> Path:
         tmp.write_text(APP_LOG4J2)
         os.replace(tmp, path)
     return path
+
+
+def event_log_conf(events_dir: Path) -> dict[str, Any]:
+    """Event logging for the History Server: rolled files, so a long-running streaming job's
+    log is read in parts and its older parts can be compacted and cleaned."""
+    return {
+        "spark.eventLog.enabled": "true",
+        "spark.eventLog.dir": events_dir.resolve().as_uri(),
+        "spark.eventLog.compress": "true",
+        "spark.eventLog.rolling.enabled": "true",
+        "spark.eventLog.rolling.maxFileSize": "16m",
+    }
 
 
 @dataclass(frozen=True)
@@ -211,6 +224,8 @@ def submit_settings(
         "spark.driver.extraJavaOptions": java_options,
         "spark.executor.extraJavaOptions": java_options,
     }
+    if spark.event_log:
+        conf.update(event_log_conf(dirs["events"]))
     conf.update(extra_conf or {})
     return SubmitSettings(
         binary=binary,

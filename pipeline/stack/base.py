@@ -34,7 +34,9 @@ INFRASTRUCTURE = (KAFKA, SPARK_MASTER, SPARK_WORKER, RAY_HEAD, RAY_WORKER)
 PROMETHEUS = "prometheus"
 NODE_EXPORTER = "node-exporter"
 MONITORING = (PROMETHEUS, NODE_EXPORTER)
-ALL_COMPONENTS = COMPONENTS + MONITORING
+# Past Spark applications from their event logs: started by `up` when spark.history_server is on.
+SPARK_HISTORY = "spark-history"
+ALL_COMPONENTS = COMPONENTS + MONITORING + (SPARK_HISTORY,)
 
 
 class StackError(RuntimeError):

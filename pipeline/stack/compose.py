@@ -47,6 +47,7 @@ from pipeline.stack.base import (
     RAY_HEAD,
     RAY_WORKER,
     SCALABLE,
+    SPARK_HISTORY,
     SPARK_MASTER,
     SPARK_WORKER,
     STREAMING_JOB,
@@ -74,6 +75,7 @@ SERVICES = {
     API: "api",
     PROMETHEUS: "prometheus",
     NODE_EXPORTER: "node-exporter",
+    SPARK_HISTORY: "spark-history",
 }
 STOP_TIMEOUT_S = 30
 READY_TIMEOUT_S = 180

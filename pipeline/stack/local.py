@@ -64,6 +64,7 @@ from pipeline.stack.base import (
     RAY_WORKER,
     SCALABLE,
     SERVICES,
+    SPARK_HISTORY,
     SPARK_MASTER,
     SPARK_WORKER,
     STREAMING_JOB,
@@ -101,6 +102,7 @@ DOWN_ORDER = (
     INFERENCE,
     STREAMING_JOB,
     "spark-batch",
+    SPARK_HISTORY,
     RAY_WORKER,
     RAY_HEAD,
     SPARK_WORKER,
@@ -519,6 +521,42 @@ class LocalStack(Stack):
         )
         return self._proc(SPARK_MASTER, argv, env)
 
+    def _spark_history(self) -> ManagedProcess:
+        """The History Server over our applications' event logs (the directory they write to)."""
+        from pipeline.spark_submit import spark_dirs
+
+        s = self.config.spark
+        events = spark_dirs(self.config)["events"]
+        events.mkdir(parents=True, exist_ok=True)
+        env = self._spark_env()
+        env["SPARK_HISTORY_OPTS"] = " ".join(
+            (
+                f"-Dspark.history.fs.logDirectory={events.resolve().as_uri()}",
+                f"-Dspark.history.ui.port={s.history_port}",
+                "-Dspark.history.fs.update.interval=5s",
+                "-Dspark.history.fs.cleaner.enabled=true",
+                f"-Dspark.history.fs.cleaner.maxAge={s.history_retention}",
+                # A long streaming job's rolled log is compacted to its last files.
+                "-Dspark.history.fs.eventLog.rolling.maxFilesToRetain=4",
+                "-Dspark.history.retainedApplications=20",
+            )
+        ).strip()
+        argv = [str(VENV_BIN / "spark-class"), "org.apache.spark.deploy.history.HistoryServer"]
+        return self._proc(SPARK_HISTORY, argv, env)
+
+    def _start_spark_history(self) -> None:
+        proc = self._spark_history()
+        if proc.is_running():
+            return
+        s = self.config.spark
+        self._check_ports({"spark history server": s.history_port})
+        proc.start()
+        proc.wait_healthy(
+            lambda: _http_json(f"{s.history_url}/api/v1/version", timeout=2) is not None,
+            90,
+            "the Spark History Server",
+        )
+
     def _spark_recovery_dir(self) -> Path:
         return self.state / "spark" / "recovery"
 
@@ -821,7 +859,7 @@ class LocalStack(Stack):
         `join_ray`: the inference driver first joins the Ray cluster as a node without CPUs,
         since a Ray driver needs a node on its own host (the head runs in another container).
         """
-        check_component(component)
+        check_component(component, (*COMPONENTS, SPARK_HISTORY))
         self.state.mkdir(parents=True, exist_ok=True)
         self.config.dump()
         if component == KAFKA:
@@ -839,6 +877,7 @@ class LocalStack(Stack):
             return self._ray_worker(1 if replica else index, name)
         builders: dict[str, Callable[[], ManagedProcess]] = {
             SPARK_MASTER: self._spark_master,
+            SPARK_HISTORY: self._spark_history,
             RAY_HEAD: self._ray_head,
             STREAMING_JOB: self._streaming_job,
             INFERENCE: self._inference,
@@ -888,6 +927,8 @@ class LocalStack(Stack):
             spark.append((SPARK_MASTER, self._start_spark_master))
         if SPARK_WORKER in components:
             spark.append((SPARK_WORKER, partial(self._start_many, SPARK_WORKER, self.config.spark.workers)))
+        if SPARK_HISTORY in components or (self.config.spark.history_server and SPARK_MASTER in components):
+            spark.append((SPARK_HISTORY, self._start_spark_history))
         ray: list[tuple[str, Callable[[], None]]] = []
         if RAY_HEAD in components:
             ray.append((RAY_HEAD, self._start_ray_head))
@@ -990,12 +1031,18 @@ class LocalStack(Stack):
             (RAY_HEAD, self._ray_head()),
             *instances(RAY_WORKER),
             *[(service, self._pid_only(service)) for service in SERVICES],
-            # Monitoring shows when it is part of this stack: enabled, or started by name.
+            # Monitoring and the History Server show when they are part of this stack: enabled,
+            # or started by name.
             *[
                 (name, self._pid_only(name))
                 for name in MONITORING
                 if self.config.monitoring.enabled or name in names
             ],
+            *(
+                [(SPARK_HISTORY, self._pid_only(SPARK_HISTORY))]
+                if self.config.spark.history_server or SPARK_HISTORY in names
+                else []
+            ),
         ]
 
     def _pid_only(self, name: str) -> ManagedProcess:
@@ -1120,6 +1167,7 @@ class LocalStack(Stack):
             API: lambda: self._pid_only(API),
             PROMETHEUS: self._prometheus,
             NODE_EXPORTER: self._node_exporter,
+            SPARK_HISTORY: self._spark_history,
         }[component]()
 
     def kill(self, component: str, which: int | None = None, graceful: bool = False) -> str:

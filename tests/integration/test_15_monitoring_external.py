@@ -13,6 +13,9 @@ Then the same running stack is treated as an existing cluster (backend external)
 scaling test skips the step whose worker count the cluster does not have, with the reason,
 and measures the one it has end to end with nothing lost; a fault test skips its fault step;
 the PDF report says why. Prometheus and the node exporter are stopped at the end.
+
+Last, the Spark History Server starts beside the same stack and shows the running streaming
+job from the event log it writes, jobs included.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +33,8 @@ import yaml
 from pypdf import PdfReader
 
 from pipeline.config import REPO_ROOT, StackConfig, load_config
-from pipeline.stack.base import MONITORING
+from pipeline.kafka_topics import admin_client, describe_topics
+from pipeline.stack.base import MONITORING, SPARK_HISTORY
 from pipeline.stack.local import LocalStack
 from pipeline.stack.monitoring import ALERT_RULES, PrometheusClient
 from pipeline.stack.process import port_in_use
@@ -107,11 +112,20 @@ def workload(config: StackConfig, tmp_path: Path, **stack: object) -> Path:
     return path
 
 
+def benchmark_partitions(config: StackConfig) -> int:
+    """The benchmark topic's partitions now: earlier tests of the session may have grown it, and
+    Kafka cannot shrink it under the running streaming job."""
+    topics = describe_topics(admin_client(config.kafka.bootstrap_servers))
+    return topics[config.kafka.benchmark_topic].partitions
+
+
 def run(config: StackConfig, tmp_path: Path, test: str, overrides: dict, state_dir: Path):
-    spark = config.spark
-    plan = load_workload(workload(config, tmp_path, spark_workers=spark.workers, ray_workers=2)).plan(
-        test, overrides
-    )
+    shape = {
+        "spark_workers": config.spark.workers,
+        "ray_workers": 2,
+        "partitions": benchmark_partitions(config),
+    }
+    plan = load_workload(workload(config, tmp_path, **shape)).plan(test, overrides)
     store = ResultsStore(f"sqlite:///{tmp_path}/results.db")
     result = run_test(
         plan,
@@ -232,3 +246,32 @@ def test_external_backend_measures_the_running_stack_and_skips_what_it_cannot_ch
     text = " ".join(page.extract_text() for page in PdfReader(report.pdf).pages)
     text = " ".join(text.split())
     assert f"spark_workers={other}: skipped: the stack is an external cluster" in text
+
+
+def http_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_the_history_server_shows_the_running_streaming_job(pipeline_stack: LocalStack) -> None:
+    spark = pipeline_stack.config.spark
+    (running,) = http_json(f"{spark.streaming_ui_url}/api/v1/applications")
+    try:
+        pipeline_stack.up((SPARK_HISTORY,))
+        assert pipeline_stack.status().running(SPARK_HISTORY) == 1
+        seen: dict = {}
+        deadline = time.monotonic() + 60  # it scans the event log folder every 5 s
+        while time.monotonic() < deadline and not seen:
+            apps = http_json(f"{spark.history_url}/api/v1/applications")
+            seen = next((app for app in apps if app["id"] == running["id"]), {})
+            time.sleep(2)
+        assert seen, f"{running['id']} not among {[app['id'] for app in apps]}"
+        assert seen["name"] == "weather-streaming"
+        assert seen["attempts"][0]["completed"] is False  # in progress: read from its rolled event log
+        jobs = http_json(f"{spark.history_url}/api/v1/applications/{running['id']}/jobs")
+        assert len(jobs) > 0
+    finally:
+        if pipeline_stack.status().running(SPARK_HISTORY):
+            pipeline_stack.kill(SPARK_HISTORY, graceful=True)
+    assert not port_in_use(spark.history_port)
+    assert SPARK_HISTORY not in {i.component for i in pipeline_stack.status().instances}

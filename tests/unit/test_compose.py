@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from pipeline.config import REPO_ROOT, load_config
-from pipeline.stack.base import COMPONENTS, MONITORING, SCALABLE
+from pipeline.stack.base import COMPONENTS, MONITORING, SCALABLE, SPARK_HISTORY
 from pipeline.stack.compose import SERVICES as COMPONENT_SERVICES
 from pipeline.stack.compose import compose_environment, kafka_service
 from pipeline.stack.local import LocalStack
@@ -101,7 +101,7 @@ def test_a_default_stack_depends_only_on_services_it_starts():
 
 def test_every_component_is_a_service_of_the_compose_backend():
     started = {cmd[1] for name, cmd in component_services().items() if not SERVICES[name].get("profiles")}
-    assert started == set(COMPONENTS)
+    assert started == {*COMPONENTS, SPARK_HISTORY}
     for component, service in COMPONENT_SERVICES.items():
         assert service in SERVICES, f"{component} -> {service}"
         if component not in MONITORING:
@@ -132,6 +132,7 @@ def test_stack_hosts_are_the_services_that_run_those_components():
     assert SERVICES[config.ray.head_host]["command"][1] == "ray-head"
     assert SERVICES[config.inference.host]["command"][1] == "inference"
     assert SERVICES[config.api.host]["command"][1] == "api"
+    assert SERVICES[config.spark.history_host]["command"][1] == SPARK_HISTORY
     assert config.monitoring.prometheus_host in SERVICES
     assert config.monitoring.enabled
 
@@ -151,6 +152,7 @@ def test_health_checks_probe_each_service_on_its_configured_port():
         assert probe_target(kafka_service(node)) == (kafka_service(node), config.kafka.broker_port(node))
     assert probe_target("spark-master") == ("spark-master", config.spark.master_ui_port)
     assert probe_target("ray-head") == ("ray-head", config.ray.gcs_port)
+    assert probe_target("spark-history") == ("spark-history", config.spark.history_port)
 
 
 def test_published_ports_are_the_configured_ones():
@@ -161,6 +163,7 @@ def test_published_ports_are_the_configured_ones():
     assert published["api"] == [config.api.port]
     assert published["prometheus"] == [config.monitoring.prometheus_port]
     assert published["grafana"] == [config.monitoring.grafana_port]
+    assert published["spark-history"] == [config.spark.history_port]
     for svc in SERVICES.values():
         for mapping in svc.get("ports", []):
             outside, inside = mapping.split(":")
@@ -184,6 +187,7 @@ def test_memory_and_cpu_limits_fit_the_configured_sizes():
     for name in (n for n in SERVICES if n.startswith("kafka-")):
         assert limit[name] >= config.kafka.heap_mb * 1.5, name  # heap, metaspace, page buffers
     assert limit["spark-master"] >= config.spark.daemon_heap_mb * 1.5
+    assert limit["spark-history"] >= config.spark.daemon_heap_mb * 1.5
     # A worker container holds its daemon and the executors it launches.
     assert limit["spark-worker"] >= config.spark.daemon_heap_mb + config.spark.worker_memory_mb
     assert SERVICES["spark-worker"]["cpus"] == config.spark.worker_cores
@@ -314,6 +318,26 @@ def test_each_service_command_builds_the_local_backends_process(tmp_path: Path, 
         assert "--address=ray-head:" in text
     if component == "inference":
         assert text.startswith("sh -c ") and "--num-cpus=0" in text and "--address=ray-head:" in text
+    if component == SPARK_HISTORY:
+        # It reads the event logs the applications write to the shared state volume.
+        opts = proc.env["SPARK_HISTORY_OPTS"]
+        assert f"-Dspark.history.fs.logDirectory={(tmp_path / 'spark' / 'events').as_uri()}" in opts
+        assert f"-Dspark.history.ui.port={stack.config.spark.history_port}" in opts
+
+
+def test_kafdrop_and_cadvisor_are_the_optional_tools_profile():
+    tools = {name for name, svc in SERVICES.items() if "tools" in svc.get("profiles", [])}
+    assert tools == {"kafdrop", "cadvisor"}
+    config = stack_config()
+    kafdrop = SERVICES["kafdrop"]
+    assert kafdrop["environment"]["KAFKA_BROKERCONNECT"] == f"kafka-1:{config.kafka.broker_port(1)}"
+    assert set(kafdrop["depends_on"]) <= set(active(None))
+    heap = re.search(r"-Xmx(\w+)", kafdrop["environment"]["JVM_OPTS"])[1]
+    assert mem_mb(kafdrop["mem_limit"]) > mem_mb(heap)
+    # Scraped when it runs; its absence is not a component down.
+    rules = [r for g in yaml.safe_load(ALERT_RULES.read_text())["groups"] for r in g["rules"]]
+    (down,) = [r for r in rules if r["alert"] == "ComponentDown"]
+    assert "cadvisor" in down["expr"]
 
 
 def test_the_image_installs_what_the_containers_run_and_no_test_tools():

@@ -118,6 +118,11 @@ def test_argv_shape(tmp_path: Path, jars) -> None:
     assert conf["spark.executorEnv.PYTHONPATH"] == str(REPO_ROOT)
     assert conf["spark.cores.max"] == "1"
     assert "-Dlog4j2.configurationFile=file:" in conf["spark.driver.extraJavaOptions"]
+    # Event logs for the History Server, in the directory it reads, which exists before the app starts.
+    assert conf["spark.eventLog.enabled"] == "true"
+    assert conf["spark.eventLog.dir"] == (state / "spark" / "events").as_uri()
+    assert conf["spark.eventLog.rolling.enabled"] == "true"
+    assert (state / "spark" / "events").is_dir()
     assert argv[-3:] == [str(script), "--config", "c.yaml"]
     assert (state / "spark" / "local").is_dir() and (
         state / "spark" / "conf" / "app-log4j2.properties"
@@ -135,3 +140,12 @@ def test_spark_env(tmp_path: Path) -> None:
     assert env["PYSPARK_PYTHON"] == env["PYSPARK_DRIVER_PYTHON"] == sys.executable
     assert "-Djava.net.preferIPv4Stack=true" in env["SPARK_SUBMIT_OPTS"]
     assert env["KEEP"] == "1"
+
+
+def test_event_logs_can_be_switched_off(tmp_path: Path, jars) -> None:
+    import pyspark
+
+    jars(pyspark.__version__)
+    config = load_config(overrides={"state_dir": str(tmp_path), "spark": {"event_log": False}})
+    settings = spark_submit.submit_settings(config, "app-y", 4151)
+    assert not any(key.startswith("spark.eventLog") for key in settings.conf)
