@@ -162,16 +162,25 @@ def time_series(
     spans: Sequence[tuple[float, float, str]] = (),
     xlabel: str = "time since step start (s)",
     height_in: float = 2.6,
+    right_lines: Sequence[Line] = (),
+    right_ylabel: str = "",
 ) -> bytes:
-    """Lines over time, with optional fault/recovery instants and shaded intervals."""
+    """Lines over time, with optional fault/recovery instants and shaded intervals.
+
+    `right_lines` are drawn against a second y axis on the right (`right_ylabel`): a quantity
+    of another unit or scale than `lines` (a rate beside a backlog) would be flattened on theirs.
+    """
     fig, ax = plt.subplots(figsize=(WIDTH_IN, height_in))
-    for i, line in enumerate(lines):
-        xs = [p[0] for p in line.points]
-        ys = [math.nan if p[1] is None else p[1] for p in line.points]
-        style = _style(i)
-        ax.plot(
-            xs, ys, label=line.label, linewidth=1.2, markersize=2.5, markevery=max(1, len(xs) // 12), **style
-        )
+    _plot_lines(ax, lines, first_style=0)
+    right_ax = None
+    if right_lines:
+        right_ax = ax.twinx()
+        right_ax.spines["right"].set_visible(True)
+        right_ax.grid(False)
+        _plot_lines(right_ax, right_lines, first_style=len(lines))
+        right_ax.yaxis.set_major_formatter(FuncFormatter(_readable))
+        right_ax.set_ylabel(right_ylabel)
+        right_ax.set_ylim(bottom=min(0.0, right_ax.get_ylim()[0]))
     for start, end, label in spans:
         ax.axvspan(start, end, color="#bdbdbd", alpha=0.45, hatch="//", label=label, linewidth=0)
     for i, marker in enumerate(markers):
@@ -188,10 +197,31 @@ def time_series(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    if lines or spans:
-        ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if lines or spans or right_lines:
+        handles, labels = ax.get_legend_handles_labels()
+        if right_ax is not None:
+            right_handles, right_labels = right_ax.get_legend_handles_labels()
+            handles, labels = handles + right_handles, labels + [f"{label} (right)" for label in right_labels]
+        # Right of the plot, past the second axis's tick labels when there is one.
+        anchor = (1.12, 1.0) if right_ax is not None else (1.0, 1.0)
+        ax.legend(handles, labels, frameon=False, loc="upper left", bbox_to_anchor=anchor)
     ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
     return _png(fig)
+
+
+def _plot_lines(ax, lines: Sequence[Line], first_style: int) -> None:
+    for i, line in enumerate(lines, start=first_style):
+        xs = [p[0] for p in line.points]
+        ys = [math.nan if p[1] is None else p[1] for p in line.points]
+        ax.plot(
+            xs,
+            ys,
+            label=line.label,
+            linewidth=1.2,
+            markersize=2.5,
+            markevery=max(1, len(xs) // 12),
+            **_style(i),
+        )
 
 
 def scaling(

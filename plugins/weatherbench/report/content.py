@@ -731,17 +731,25 @@ def fault_timeline(run: RunData, fault: dict[str, Any]) -> list[Any]:
         markers.append(Marker(end, "recovered"))
         spans.append((fault["at_s"], end, "recovery"))
     blocks: list[Any] = []
-    flow = series_lines(
-        run, step_index, (("throughput.predictions", "predictions/s"), ("lag.spark", "Spark lag"))
-    )
-    if flow:
+    # A flow of a few predictions a second beside a backlog of thousands: each on its own axis.
+    flow = series_lines(run, step_index, (("throughput.predictions", "predictions/s"),))
+    lag = series_lines(run, step_index, (("lag.spark", "Spark lag"),))
+    if flow or lag:
         blocks.append(
             Chart(
                 charts.time_series(
-                    f"Fault timeline: {name}", "messages (per second / behind)", flow, markers, spans
+                    f"Fault timeline: {name}",
+                    "predictions per second" if flow else "messages behind",
+                    flow or lag,
+                    markers,
+                    spans,
+                    right_lines=lag if flow else (),
+                    right_ylabel="Spark lag (messages behind)",
                 ),
-                f"Fault timeline: {name} at {fault['at_s']:.1f} s. The fault instant, the restart and the "
-                "recovery point are marked; the shaded band is the end-to-end recovery time.",
+                f"Fault timeline: {name} at {fault['at_s']:.1f} s. Predictions served per second on the "
+                "left axis, the Spark stage's lag (messages behind) on the right. The fault instant, "
+                "the restart and the recovery point are marked; the shaded band is the end-to-end "
+                "recovery time.",
             )
         )
     served = run.series("latency.window_close.served", step_index)
