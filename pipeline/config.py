@@ -189,6 +189,9 @@ class SparkConfig:
     history_host: str = LOOPBACK
     history_port: int = 18180
     history_retention: str = "7d"  # event logs older than this are deleted by the History Server
+    # Opening an application replays its event log into memory: up to four rolled 16-MB files
+    # of a long streaming job, which thrash in the 256 MB that the master and workers get.
+    history_heap_mb: int = 768
     shuffle_partitions: int = 4
     window: str = "5 minutes"
     watermark: str = "1 minute"

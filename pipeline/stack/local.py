@@ -529,6 +529,7 @@ class LocalStack(Stack):
         events = spark_dirs(self.config)["events"]
         events.mkdir(parents=True, exist_ok=True)
         env = self._spark_env()
+        env["SPARK_DAEMON_MEMORY"] = f"{s.history_heap_mb}m"
         env["SPARK_HISTORY_OPTS"] = " ".join(
             (
                 f"-Dspark.history.fs.logDirectory={events.resolve().as_uri()}",

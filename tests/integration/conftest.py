@@ -68,16 +68,44 @@ def running_stack(config: StackConfig, components: tuple[str, ...] | None = None
             shutil.rmtree(config.state_dir / "kafka", ignore_errors=True)
 
 
+PIPELINE_FIXTURE = "pipeline_stack"
+_shared: list[LocalStack] = []  # the running shared pipeline stack, while it runs
+
+
 @pytest.fixture(scope="session")
 def pipeline_stack() -> Iterator[LocalStack]:
-    """The whole pipeline, shared by the flow, dead-letter, scaling and fault tests."""
+    """The whole pipeline, shared by the flow, dead-letter, scaling, fault and monitoring tests.
+
+    It goes down after the last test that uses it (see pytest_runtest_teardown), not at the end
+    of the session: the tests after it start stacks of their own, and two stacks on 2 cores
+    would slow both.
+    """
     config = stack_config("pipeline", port_offset=100)
     began = time.monotonic()
     with running_stack(config) as stack:
         log.info(
             "pipeline stack up in %.1f s: %s", time.monotonic() - began, json.dumps(stack.startup_seconds)
         )
-        yield stack
+        _shared.append(stack)
+        try:
+            yield stack
+        finally:
+            _shared.clear()
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Take the shared pipeline stack down once no test left in the session uses it.
+
+    Its fixture's own teardown still runs at the end of the session; `down` is idempotent.
+    """
+    if not _shared or PIPELINE_FIXTURE not in getattr(item, "fixturenames", ()):
+        return
+    remaining = item.session.items[item.session.items.index(item) + 1 :]
+    if any(PIPELINE_FIXTURE in getattr(later, "fixturenames", ()) for later in remaining):
+        return
+    stack = _shared.pop()
+    log.info("last test of the shared pipeline stack done: taking it down")
+    stack.down()
 
 
 @pytest.fixture()

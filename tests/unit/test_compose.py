@@ -187,7 +187,7 @@ def test_memory_and_cpu_limits_fit_the_configured_sizes():
     for name in (n for n in SERVICES if n.startswith("kafka-")):
         assert limit[name] >= config.kafka.heap_mb * 1.5, name  # heap, metaspace, page buffers
     assert limit["spark-master"] >= config.spark.daemon_heap_mb * 1.5
-    assert limit["spark-history"] >= config.spark.daemon_heap_mb * 1.5
+    assert limit["spark-history"] >= config.spark.history_heap_mb * 1.5
     # A worker container holds its daemon and the executors it launches.
     assert limit["spark-worker"] >= config.spark.daemon_heap_mb + config.spark.worker_memory_mb
     assert SERVICES["spark-worker"]["cpus"] == config.spark.worker_cores
@@ -323,6 +323,7 @@ def test_each_service_command_builds_the_local_backends_process(tmp_path: Path, 
         opts = proc.env["SPARK_HISTORY_OPTS"]
         assert f"-Dspark.history.fs.logDirectory={(tmp_path / 'spark' / 'events').as_uri()}" in opts
         assert f"-Dspark.history.ui.port={stack.config.spark.history_port}" in opts
+        assert proc.env["SPARK_DAEMON_MEMORY"] == f"{stack.config.spark.history_heap_mb}m"
 
 
 def test_kafdrop_and_cadvisor_are_the_optional_tools_profile():

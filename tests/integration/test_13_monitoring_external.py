@@ -248,9 +248,21 @@ def test_external_backend_measures_the_running_stack_and_skips_what_it_cannot_ch
     assert f"spark_workers={other}: skipped: the stack is an external cluster" in text
 
 
-def http_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=5) as response:
+def http_json(url: str, timeout_s: float = 5) -> object:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
         return json.loads(response.read())
+
+
+def first_answer(url: str, within_s: float) -> object:
+    """The first answer of a request that may be slow at first (the server loads what it serves)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return http_json(url, timeout_s=max(1.0, min(30.0, deadline - time.monotonic())))
+        except (TimeoutError, OSError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(2)
 
 
 def test_the_history_server_shows_the_running_streaming_job(pipeline_stack: LocalStack) -> None:
@@ -268,7 +280,9 @@ def test_the_history_server_shows_the_running_streaming_job(pipeline_stack: Loca
         assert seen, f"{running['id']} not among {[app['id'] for app in apps]}"
         assert seen["name"] == "weather-streaming"
         assert seen["attempts"][0]["completed"] is False  # in progress: read from its rolled event log
-        jobs = http_json(f"{spark.history_url}/api/v1/applications/{running['id']}/jobs")
+        # The first request for an application replays its event log (the streaming job's has run
+        # since the session began): that can take a while on a busy machine.
+        jobs = first_answer(f"{spark.history_url}/api/v1/applications/{running['id']}/jobs", within_s=180)
         assert len(jobs) > 0
     finally:
         if pipeline_stack.status().running(SPARK_HISTORY):
