@@ -177,6 +177,18 @@ def test_suite_report_covers_every_run_and_names_the_scaling_bottleneck(store, t
     assert re.search(rf"({latency}|{scaling}): ", text)
 
 
+def test_a_long_footer_is_cut_short_before_the_page_number():
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    from weatherbench.report.render_pdf import _fit
+
+    runs = "Runs: " + ", ".join(f"20261207T18{i:02d}00Z-latency-ab{i:02d}" for i in range(8))
+    fitted = _fit(runs, "Helvetica", 7, 300)
+    assert fitted.endswith("...") and runs.startswith(fitted.removesuffix("..."))
+    assert stringWidth(fitted, "Helvetica", 7) <= 300
+    assert _fit("Runs: one", "Helvetica", 7, 300) == "Runs: one"
+
+
 def test_fault_timeline_shows_the_fault_recovery_and_counts(store, tmp_path):
     exported = clone(load_export(LATENCY_RUN), "20261127T060000Z-latency-fault", NOW)
     exported["run"]["summary"]["faults"] = [

@@ -125,6 +125,15 @@ class _Bookmark(Flowable):
         self.canv.addOutlineEntry(self.title, key, level=self.level - 1, closed=self.level > 1)
 
 
+def _fit(text: str, font: str, size: float, width: float) -> str:
+    """`text`, cut short with "..." where it would be wider than `width` points."""
+    if pdfmetrics.stringWidth(text, font, size) <= width:
+        return text
+    while text and pdfmetrics.stringWidth(text + "...", font, size) > width:
+        text = text[:-1]
+    return text.rstrip(" ,") + "..."
+
+
 def _numbered_canvas(title: str, footer: str, font: str) -> type[pdfcanvas.Canvas]:
     class NumberedCanvas(pdfcanvas.Canvas):
         """Defers each page so the footer can say "page N of M"."""
@@ -144,8 +153,10 @@ def _numbered_canvas(title: str, footer: str, font: str) -> type[pdfcanvas.Canva
                 self.setFont(font, 7)
                 self.setFillColor(colors.HexColor("#555555"))
                 self.drawString(MARGIN, A4[1] - 10 * mm, title)
-                self.drawString(MARGIN, 9 * mm, footer[:150])
-                self.drawRightString(A4[0] - MARGIN, 9 * mm, f"page {self._pageNumber} of {total}")
+                page = f"page {self._pageNumber} of {total}"
+                room = A4[0] - 2 * MARGIN - pdfmetrics.stringWidth(page, font, 7) - 6 * mm
+                self.drawString(MARGIN, 9 * mm, _fit(footer, font, 7, room))
+                self.drawRightString(A4[0] - MARGIN, 9 * mm, page)
                 self.setStrokeColor(colors.HexColor("#999999"))
                 self.setLineWidth(0.4)
                 self.line(MARGIN, A4[1] - 11.5 * mm, A4[0] - MARGIN, A4[1] - 11.5 * mm)
