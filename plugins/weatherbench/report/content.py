@@ -734,16 +734,18 @@ def fault_timeline(run: RunData, fault: dict[str, Any]) -> list[Any]:
     # A flow of a few predictions a second beside a backlog of thousands: each on its own axis.
     flow = series_lines(run, step_index, (("throughput.predictions", "predictions/s"),))
     lag = series_lines(run, step_index, (("lag.spark", "Spark lag"),))
-    if flow or lag:
+    # Without the flow, the lag takes the left axis.
+    left, left_label, right = (flow, "predictions per second", lag) if flow else (lag, "messages behind", [])
+    if left:
         blocks.append(
             Chart(
                 charts.time_series(
                     f"Fault timeline: {name}",
-                    "predictions per second" if flow else "messages behind",
-                    flow or lag,
+                    left_label,
+                    left,
                     markers,
                     spans,
-                    right_lines=lag if flow else (),
+                    right_lines=right,
                     right_ylabel="Spark lag (messages behind)",
                 ),
                 f"Fault timeline: {name} at {fault['at_s']:.1f} s. Predictions served per second on the "

@@ -148,15 +148,16 @@ def _numbered_canvas(title: str, footer: str, font: str) -> type[pdfcanvas.Canva
 
         def save(self) -> None:
             total = len(self._pages)
+            # One cut for every page: room beside the widest page number.
+            widest = pdfmetrics.stringWidth(f"page {total} of {total}", font, 7)
+            fitted_footer = _fit(footer, font, 7, A4[0] - 2 * MARGIN - widest - 6 * mm)
             for state in self._pages:
                 self.__dict__.update(state)
                 self.setFont(font, 7)
                 self.setFillColor(colors.HexColor("#555555"))
                 self.drawString(MARGIN, A4[1] - 10 * mm, title)
-                page = f"page {self._pageNumber} of {total}"
-                room = A4[0] - 2 * MARGIN - pdfmetrics.stringWidth(page, font, 7) - 6 * mm
-                self.drawString(MARGIN, 9 * mm, _fit(footer, font, 7, room))
-                self.drawRightString(A4[0] - MARGIN, 9 * mm, page)
+                self.drawString(MARGIN, 9 * mm, fitted_footer)
+                self.drawRightString(A4[0] - MARGIN, 9 * mm, f"page {self._pageNumber} of {total}")
                 self.setStrokeColor(colors.HexColor("#999999"))
                 self.setLineWidth(0.4)
                 self.line(MARGIN, A4[1] - 11.5 * mm, A4[0] - MARGIN, A4[1] - 11.5 * mm)
